@@ -1,0 +1,221 @@
+"""Typed configuration: dataclasses filled from TOML (or keyword arguments) and checked on load.
+
+A run's TOML file has three tables::
+
+    [model]              # name, then the model's own hyperparameters
+    name = "made"
+    hidden_sizes = [8000]
+
+    [data]
+    name = "binarized-mnist"
+
+    [train]
+    epochs = 100
+    lr = 1e-3
+
+Unknown keys and values of the wrong type are refused with the key named.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ConfigError", "DataConfig", "TrainConfig", "RunConfig", "build_dataclass", "load_run_config", "dump_toml"]
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` checked (and, where lossless, converted) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        item_type = args[0] if args else Any
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def build_dataclass(cls: type, values: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from ``values``, refusing unknown keys and ill-typed values."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {unknown[0]!r} in {where}; valid keys: {', '.join(sorted(names))}"
+        )
+    checked = {k: _coerce(v, hints[k], f"{where}: {k}") for k, v in values.items()}
+    try:
+        return cls(**checked)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def require(condition: bool, message: str) -> None:
+    """For ``__post_init__`` range checks: raise ConfigError(message) unless condition holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class DataConfig:
+    #: a registered data set name or the path of a .npy/.npz/.csv file
+    name: str = "mnist5k"
+    #: for 8-bit data: "dynamic" draws a fresh Bernoulli(pixel/255) binarization each epoch
+    #: (valid and test use one seeded draw); "none" keeps the data as it is
+    binarization: Literal["none", "dynamic"] = "none"
+    #: seed of the fixed draw of the valid and test splits under dynamic binarization
+    eval_binarization_seed: int = 1234
+
+    def __post_init__(self) -> None:
+        require(bool(self.name), "data: name must not be empty")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 100
+    lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    #: per-epoch factor of the exponential schedule
+    lr_decay: float = 1.0
+    weight_decay: float = 0.0
+    #: clip the global gradient norm to this value; 0 turns clipping off
+    grad_clip: float = 0.0
+    #: stop after this many epochs without a better validation NLL; 0 never stops early
+    patience: int = 0
+    eval_batch_size: int = 1000
+    #: stop training after this much wall-clock time (seconds); 0 means no limit
+    max_seconds: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, f"train: epochs must be at least 1, got {self.epochs}")
+        require(self.batch_size >= 1, f"train: batch_size must be at least 1, got {self.batch_size}")
+        require(self.eval_batch_size >= 1, f"train: eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        require(self.lr > 0, f"train: lr must be positive, got {self.lr}")
+        require(0 < self.lr_decay <= 1, f"train: lr_decay must lie in (0, 1], got {self.lr_decay}")
+        require(self.weight_decay >= 0, f"train: weight_decay must be non-negative, got {self.weight_decay}")
+        require(self.grad_clip >= 0, f"train: grad_clip must be non-negative, got {self.grad_clip}")
+        require(self.patience >= 0, f"train: patience must be non-negative, got {self.patience}")
+        require(self.max_seconds >= 0, f"train: max_seconds must be non-negative, got {self.max_seconds}")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs: ``model`` holds the name and the model's hyperparameters."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def model_name(self) -> str:
+        return self.model["name"]
+
+    @property
+    def model_hyperparameters(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model.items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": dict(self.model), "data": dataclasses.asdict(self.data), "train": dataclasses.asdict(self.train)}
+
+
+def run_config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    unknown = sorted(set(raw) - {"model", "data", "train"})
+    if unknown:
+        raise ConfigError(f"unknown table [{unknown[0]}] in {where}; valid tables: [model], [data], [train]")
+    model = dict(raw.get("model", {}))
+    if "name" in model and not isinstance(model["name"], str):
+        raise ConfigError(f"{where}: model.name must be a string")
+    data = build_dataclass(DataConfig, raw.get("data", {}), where=f"{where} [data]")
+    train = build_dataclass(TrainConfig, raw.get("train", {}), where=f"{where} [train]")
+    return RunConfig(model=model, data=data, train=train)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a run config from TOML, checking every key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    return run_config_from_dict(raw, where=str(path))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def dump_toml(tables: dict[str, dict[str, Any]]) -> str:
+    """Write a dict of flat tables as TOML (None values are left out)."""
+    lines: list[str] = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)

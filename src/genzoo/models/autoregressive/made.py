@@ -1,0 +1,199 @@
+"""MADE: the masked autoencoder for distribution estimation (Germain, Gregor, Murray &
+Larochelle 2015).
+
+An MLP whose weights are masked so that output d sees only the inputs before d in an ordering.
+Each input has a degree m⁰(d) ∈ {1..D} (its position in the ordering); each hidden unit k of
+layer l draws a degree m^l(k) uniformly from {min_k' m^{l-1}(k'), …, D − 1}; then
+
+    M^l_{k,k'} = 1[m^l(k) ≥ m^{l-1}(k')],        M^out_{d,k} = 1[m⁰(d) > m^L(k)],
+    h^l = ReLU(b^l + (W^l ⊙ M^l) h^{l-1}),        p(x_d = 1 | x_<d) = σ(c_d + (V ⊙ M^out)_d h^L).
+
+Connectivity-agnostic training cycles through K fixed masks (one per minibatch; the masks come
+from ``mask_seed`` and never change); with ``order_agnostic`` each mask also has its own random
+ordering. Evaluation averages the K models' probabilities, an exact mixture likelihood:
+
+    p(x) = (1/K) Σ_k p_k(x).
+
+Sampling computes each hidden unit once, when the inputs it depends on are known: after x with
+degree t is drawn, the units of degree t are computed and the next output needs nothing else, so
+a sample costs one forward pass instead of D.
+
+Reference: Germain et al., "MADE: Masked Autoencoder for Distribution Estimation" (ICML 2015).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from genzoo.config import require
+from genzoo.models.autoregressive.base import BernoulliAutoregressive
+from genzoo.models.base import register_model
+from genzoo.nn import MaskedLinear
+
+__all__ = ["MADE", "MADEConfig", "made_degrees", "made_masks"]
+
+
+@dataclass
+class MADEConfig:
+    hidden_sizes: tuple[int, ...] = (500,)
+    #: K, the number of masks cycled through in training and averaged over in evaluation
+    num_masks: int = 1
+    #: give each mask its own random ordering of the inputs (else the natural order)
+    order_agnostic: bool = False
+    mask_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.hidden_sizes = tuple(self.hidden_sizes)
+        require(len(self.hidden_sizes) >= 1, "made: hidden_sizes needs at least one layer")
+        require(all(h >= 1 for h in self.hidden_sizes), f"made: hidden_sizes must be positive, got {self.hidden_sizes}")
+        require(self.num_masks >= 1, f"made: num_masks must be at least 1, got {self.num_masks}")
+
+
+def made_degrees(num_dims: int, hidden_sizes: tuple[int, ...], order_agnostic: bool, seed: int) -> list[torch.Tensor]:
+    """Degrees [m⁰, m¹, …, m^L] of one mask, drawn reproducibly from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    if order_agnostic:
+        order = torch.randperm(num_dims, generator=generator)
+    else:
+        order = torch.arange(num_dims)
+    input_degrees = torch.empty(num_dims, dtype=torch.long)
+    input_degrees[order] = torch.arange(1, num_dims + 1)
+    degrees = [input_degrees]
+    for size in hidden_sizes:
+        low = int(degrees[-1].min()) if len(degrees) > 1 else 1
+        high = max(low, num_dims - 1)
+        degrees.append(torch.randint(low, high + 1, (size,), generator=generator))
+    return degrees
+
+
+def made_masks(degrees: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The hidden masks M¹…M^L and the output mask, from the degrees."""
+    masks = [(d_out[:, None] >= d_in[None, :]).float() for d_in, d_out in zip(degrees[:-1], degrees[1:])]
+    masks.append((degrees[0][:, None] > degrees[-1][None, :]).float())
+    return masks
+
+
+@register_model("made", MADEConfig)
+class MADE(BernoulliAutoregressive):
+    def __init__(self, data_shape: tuple[int, ...], config: MADEConfig | None = None):
+        super().__init__(data_shape)
+        self.config = config or MADEConfig()
+        sizes = (self.num_dims, *self.config.hidden_sizes, self.num_dims)
+        self.layers = nn.ModuleList(MaskedLinear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+        # Which mask the next training step uses; a buffer so that resuming continues the cycle.
+        self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
+        self._active_mask = -1
+        self.use_mask(0)
+
+    def mask_degrees(self, k: int) -> list[torch.Tensor]:
+        cfg = self.config
+        return made_degrees(self.num_dims, cfg.hidden_sizes, cfg.order_agnostic, seed=cfg.mask_seed * 100_003 + k)
+
+    def use_mask(self, k: int) -> None:
+        if k == self._active_mask:
+            return
+        for layer, mask in zip(self.layers, made_masks(self.mask_degrees(k))):
+            layer.set_mask(mask)
+        self._active_mask = k
+
+    def generation_order(self) -> torch.Tensor:
+        return torch.argsort(self.mask_degrees(self._active_mask)[0])
+
+    def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits under the active mask."""
+        h = x
+        for layer in self.layers[:-1]:
+            h = F.relu(layer(h))
+        return self.layers[-1](h)
+
+    def _log_prob_one_mask(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        self.use_mask(k)
+        logits = self.conditional_logits(x)
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        K = self.config.num_masks
+        if self.training and K > 1:
+            # Connectivity-agnostic training: one mask per minibatch, in a fixed cycle.
+            k = int(self.training_step) % K
+            self.training_step += 1
+            return self._log_prob_one_mask(x, k)
+        per_mask = torch.stack([self._log_prob_one_mask(x, k) for k in range(K)])
+        return torch.logsumexp(per_mask, dim=0) - math.log(K)
+
+    def _split_mixture_draws(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Choose each sample's mask uniformly from the first uniform, rescaled so that it stays
+        U[0, 1) for the first dimension: one set of draws fixes the whole sample."""
+        K = self.config.num_masks
+        if K == 1:
+            return torch.zeros(len(u), dtype=torch.long, device=u.device), u
+        mask_choice = torch.clamp((u[:, 0] * K).long(), max=K - 1)
+        u = u.clone()
+        u[:, 0] = u[:, 0] * K - mask_choice
+        return mask_choice, u
+
+    @torch.no_grad()
+    def _sample_mixture(self, u: torch.Tensor, sample_one_mask) -> torch.Tensor:
+        mask_choice, u = self._split_mixture_draws(u)
+        x = torch.zeros_like(u)
+        for k in mask_choice.unique().tolist():
+            rows = mask_choice == k
+            self.use_mask(k)
+            x[rows] = sample_one_mask(u[rows], k)
+        return x
+
+    def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
+        """Exact samples from the K-mask mixture, each hidden unit computed once."""
+        return self._sample_mixture(u, lambda u_k, k: self._sample_one_mask(u_k, self.mask_degrees(k)))
+
+    def sample_naive(self, u: torch.Tensor) -> torch.Tensor:
+        """The same mixture sampled with D full passes per mask (the reference)."""
+        return self._sample_mixture(u, lambda u_k, k: super(MADE, self).sample_naive(u_k))
+
+    def _sample_one_mask(self, u: torch.Tensor, degrees: list[torch.Tensor]) -> torch.Tensor:
+        """Unit-by-degree sampler under the active mask: every hidden unit is computed once.
+
+        Units of each layer are sorted by degree, so the units of degree t form one contiguous
+        block, and every unit they connect to in the layer below lies in the prefix of degree ≤ t.
+        """
+        device, dtype = u.device, u.dtype
+        D = self.num_dims
+        order = torch.argsort(degrees[0]).to(device)  # order[t-1] = the input of degree t
+        hidden_perms = [torch.argsort(d, stable=True) for d in degrees[1:]]
+        # Permuted, masked weights: inputs in generation order, hidden units by degree.
+        weights, biases, block_ends = [], [], []
+        previous_perm = order
+        for layer, perm, deg in zip(self.layers[:-1], hidden_perms, degrees[1:]):
+            perm = perm.to(device)
+            weights.append(layer.masked_weight()[perm][:, previous_perm])
+            biases.append(layer.bias[perm])
+            # block_ends[t] = number of units with degree ≤ t, for t = 0..D
+            counts = torch.bincount(deg, minlength=D + 1).cumsum(0)
+            block_ends.append(counts.tolist())
+            previous_perm = perm
+        out_weight = self.layers[-1].masked_weight()[order][:, previous_perm]
+        out_bias = self.layers[-1].bias[order]
+
+        n = len(u)
+        x_ordered = torch.zeros(n, D, device=device, dtype=dtype)
+        hidden = [torch.zeros(n, w.shape[0], device=device, dtype=dtype) for w in weights]
+        u_ordered = u[:, order]
+        last_layer_end = 0
+        for t in range(D):  # draw the input of degree t + 1
+            if t >= 1:
+                below, below_end = x_ordered, t  # inputs of degree ≤ t are known
+                for w, b, h, ends in zip(weights, biases, hidden, block_ends):
+                    start, end = ends[t - 1], ends[t]
+                    if end > start:
+                        h[:, start:end] = F.relu(below[:, :below_end] @ w[start:end, :below_end].t() + b[start:end])
+                    below, below_end = h, end
+                last_layer_end = below_end
+            logit = hidden[-1][:, :last_layer_end] @ out_weight[t, :last_layer_end] + out_bias[t]
+            x_ordered[:, t] = (u_ordered[:, t] < torch.sigmoid(logit)).to(dtype)
+        x = torch.empty_like(x_ordered)
+        x[:, order] = x_ordered
+        return x

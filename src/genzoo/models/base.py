@@ -1,0 +1,144 @@
+"""The interface every genzoo model implements, and the model registry.
+
+A model learns p_θ(x) over data of a fixed ``data_shape`` and offers
+
+* ``log_prob(x) -> (B,)``: log p_θ(x) in nats, exact or a bound, as ``likelihood`` says;
+* ``sample(n) -> (n, *data_shape)``: draws from p_θ;
+* ``loss(x) -> scalar``: what training minimizes (the mean negative log-likelihood or bound).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from genzoo.config import ConfigError, build_dataclass
+
+__all__ = [
+    "GenerativeModel",
+    "Likelihood",
+    "register_model",
+    "build_model",
+    "list_models",
+    "model_config_class",
+]
+
+Likelihood = Literal["exact", "lower_bound", "none"]
+
+
+class GenerativeModel(nn.Module):
+    """Base class: subclasses set ``likelihood`` and ``support`` and implement
+    ``_log_prob`` on flat, validated input and ``sample``."""
+
+    likelihood: ClassVar[Likelihood] = "exact"
+    #: the values a data point may take: "binary" ({0, 1}) or "real"
+    support: ClassVar[str] = "binary"
+
+    def __init__(self, data_shape: tuple[int, ...]):
+        super().__init__()
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.num_dims = math.prod(self.data_shape)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Check ``x`` and return it as (B, D): image-shaped or flat input both accepted."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+        shape = tuple(x.shape[1:])
+        if x.dim() < 2 or (shape != self.data_shape and shape != (self.num_dims,)):
+            raise ValueError(
+                f"input has shape {tuple(x.shape)}; this model expects (B, {', '.join(map(str, self.data_shape))})"
+                f" or (B, {self.num_dims})"
+            )
+        if not x.is_floating_point():
+            x = x.float()
+        if torch.isnan(x).any():
+            row = int(torch.isnan(x.reshape(len(x), -1)).any(1).nonzero()[0])
+            raise ValueError(f"input row {row} contains NaN")
+        x = x.reshape(len(x), self.num_dims)
+        if self.support == "binary":
+            bad = (x != 0) & (x != 1)
+            if bad.any():
+                row, col = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(
+                    f"input row {row} has value {x[row, col].item():g} at dimension {col}; "
+                    "a Bernoulli model needs values in {0, 1}"
+                )
+        return x.to(self.device, dtype=self._dtype())
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p_θ(x) in nats, shape (B,)."""
+        return self._log_prob(self.flatten_input(x))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood (nats per example): what training minimizes."""
+        return -self.log_prob(x).mean()
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def unflatten(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(len(x), *self.data_shape)
+
+
+_REGISTRY: dict[str, tuple[type[GenerativeModel], type]] = {}
+
+
+def register_model(name: str, config_class: type) -> Callable[[type[GenerativeModel]], type[GenerativeModel]]:
+    """Class decorator: make a model buildable by name with its typed config dataclass."""
+
+    def wrap(cls: type[GenerativeModel]) -> type[GenerativeModel]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = (cls, config_class)
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def _lookup(name: str) -> tuple[type[GenerativeModel], type]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def model_config_class(name: str) -> type:
+    return _lookup(name)[1]
+
+
+def build_model(name: str, data_shape: tuple[int, ...] | int, **hyperparameters: Any) -> GenerativeModel:
+    """Build a registered model, e.g. ``build_model("made", data_shape=(1, 28, 28), hidden_sizes=[500])``.
+
+    Hyperparameters are checked against the model's config dataclass: an unknown key or a
+    value of the wrong type raises ``ValueError`` naming the key.
+    """
+    cls, config_class = _lookup(name)
+    if isinstance(data_shape, int):
+        data_shape = (data_shape,)
+    try:
+        config = build_dataclass(config_class, hyperparameters, where=f"model {name!r}")
+    except ConfigError as error:
+        raise ValueError(str(error)) from None
+    return cls(tuple(data_shape), config)
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def config_as_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

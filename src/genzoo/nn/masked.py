@@ -1,0 +1,31 @@
+"""A linear layer whose weight is multiplied by a fixed 0/1 mask: y = x (M ⊙ W)ᵀ + b.
+
+The mask multiplies the weight inside the forward pass (never ``weight.data *= mask``), so masked
+entries get zero gradient and the parameter itself stays untouched.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["MaskedLinear"]
+
+
+class MaskedLinear(nn.Linear):
+    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor | None = None, bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        self.register_buffer("mask", torch.ones(out_features, in_features), persistent=False)
+        if mask is not None:
+            self.set_mask(mask)
+
+    def set_mask(self, mask: torch.Tensor) -> None:
+        if mask.shape != self.weight.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, weight has {tuple(self.weight.shape)}")
+        self.mask.copy_(mask)
+
+    def masked_weight(self) -> torch.Tensor:
+        return self.weight * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.masked_weight(), self.bias)

@@ -1,0 +1,79 @@
+"""Checkpoints: written atomically, read without ever executing code from the file.
+
+A checkpoint is a dict of tensors and plain values saved with ``torch.save`` and read back with
+``torch.load(weights_only=True)``, which refuses anything but tensors and primitive containers,
+so a tampered file cannot run code. It is written to a temporary file beside the target, flushed
+to disk and renamed over it, so a crash mid-write never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genzoo.config import ConfigError, run_config_from_dict
+from genzoo.models import GenerativeModel, build_model
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "FORMAT"]
+
+FORMAT = "genzoo-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or not a genzoo checkpoint."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a genzoo checkpoint ({reason[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a genzoo checkpoint (no '{FORMAT}' marker)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {payload.get('format_version')}; this genzoo reads {FORMAT_VERSION}")
+    for key in ("config", "data_shape", "model"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}: it is incomplete")
+    return payload
+
+
+def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoint") -> GenerativeModel:
+    """Rebuild the model a checkpoint was saved from and load its weights."""
+    try:
+        config = run_config_from_dict(payload["config"], where=str(path))
+        model = build_model(config.model_name, tuple(payload["data_shape"]), **config.model_hyperparameters)
+    except (ConfigError, ValueError, KeyError) as error:
+        raise CheckpointError(f"checkpoint {path} holds an invalid model config: {error}") from None
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not match model {config.model_name!r}: {first}") from None
+    return model

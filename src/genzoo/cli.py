@@ -1,0 +1,212 @@
+"""The ``genzoo`` command line: train, eval, sample, list.
+
+    genzoo train made --data mnist5k --out runs/made
+    genzoo eval runs/made
+    genzoo sample runs/made -n 64 --out samples.png
+    genzoo list
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genzoo.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from genzoo.config import ConfigError, RunConfig, load_run_config, run_config_from_dict, tomllib
+from genzoo.data import DATASETS, DataError, make_training_data
+from genzoo.devices import resolve_device
+from genzoo.evaluation import evaluate
+from genzoo.images import save_image_grid
+from genzoo.models import list_models
+from genzoo.models.base import model_config_class
+from genzoo.training import RunFolder, Trainer
+
+__all__ = ["main", "build_parser"]
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE in TOML syntax: hidden_sizes=[500], num_masks=8, order_agnostic=true."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--param takes KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value  # a bare word is a string
+    return key.strip(), parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genzoo", description="Train, evaluate and sample deep generative models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda (default: auto)")
+        p.add_argument("--data-dir", default=None, help="folder with data files (default: $GENZOO_DATA or ~/.cache/genzoo)")
+
+    train = commands.add_parser("train", help="train a model", description="Train MODEL on a data set; writes a run folder.")
+    train.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(list_models())}")
+    train.add_argument("--data", help=f"data set ({', '.join(DATASETS)}) or a .npy/.npz/.csv file (default: from --config, else mnist5k)")
+    train.add_argument("--config", type=Path, help="TOML run config ([model], [data], [train] tables)")
+    train.add_argument("--epochs", type=int, help="number of epochs")
+    train.add_argument("--batch-size", type=int, help="minibatch size")
+    train.add_argument("--lr", type=float, help="Adam learning rate")
+    train.add_argument("--seed", type=int, help="fixes data order, initialization and sampling")
+    train.add_argument("--binarization", choices=["none", "dynamic"], help="dynamic: a fresh Bernoulli draw of 8-bit data each epoch")
+    train.add_argument("--max-seconds", type=float, help="stop after this much training time")
+    train.add_argument("-p", "--param", type=_parse_param, action="append", default=[], metavar="KEY=VALUE",
+                       help="a model hyperparameter, VALUE in TOML syntax (e.g. -p hidden_sizes=[500]); repeatable")
+    train.add_argument("--out", type=Path, help="run folder (default: runs/MODEL-DATA)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    add_common(train)
+
+    ev = commands.add_parser("eval", help="test NLL of a trained run", description="Evaluate a run's checkpoint: NLL in nats and bits/dim.")
+    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    ev.add_argument("--batch-size", type=int, default=500)
+    add_common(ev)
+
+    sample = commands.add_parser("sample", help="draw samples from a trained run", description="Write a PNG grid and a .npy of samples.")
+    sample.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    sample.add_argument("-n", "--num-samples", type=int, default=64)
+    sample.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/samples.png); the .npy goes beside it")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    sample.add_argument("--sampler", default="fast", choices=["fast", "naive"],
+                        help="fast: the model's own sampler; naive: one full network pass per dimension")
+    add_common(sample)
+
+    commands.add_parser("list", help="list models and data sets")
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> RunConfig:
+    config = load_run_config(args.config) if args.config else RunConfig()
+    model = dict(config.model)
+    if model.get("name", args.model) != args.model:
+        raise ConfigError(f"{args.config} configures model {model['name']!r}, but the command trains {args.model!r}")
+    model["name"] = args.model
+    model.update(dict(args.param))
+    raw = config.to_dict()
+    raw["model"] = model
+    if args.data:
+        raw["data"]["name"] = args.data
+    if args.binarization:
+        raw["data"]["binarization"] = args.binarization
+    for key in ("epochs", "batch_size", "lr", "seed", "max_seconds"):
+        if getattr(args, key) is not None:
+            raw["train"][key] = getattr(args, key)
+    config = run_config_from_dict(raw, where="command line")
+    model_config_class(args.model)  # an unknown model fails here, before any data is read
+    return config
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    progress = False if args.quiet else None
+    if args.resume:
+        if args.out is None:
+            raise ValueError("--resume needs --out RUN_DIR")
+        trainer = Trainer.resume(args.out, device, args.data_dir, progress, epochs=args.epochs)
+    else:
+        config = _train_config(args)
+        out = args.out or Path("runs") / f"{args.model}-{Path(config.data.name).stem}"
+        trainer = Trainer(config, out, device, args.data_dir, progress)
+    result = trainer.fit()
+    print(
+        f"trained {trainer.config.model_name} for {result.epochs_completed} epochs ({result.stopped_because}) "
+        f"in {result.train_seconds:.1f} s; best valid NLL {result.best_valid_nll:.2f} nats at epoch {result.best_epoch}; "
+        f"run folder {trainer.run.path}"
+    )
+
+
+def _load_run(run_dir: Path, which: str, device: torch.device):
+    run = RunFolder(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    path = run.checkpoint(which)
+    payload = load_checkpoint(path)
+    model = model_from_checkpoint(payload, path).to(device).eval()
+    return run, payload, model
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    run, payload, model = _load_run(args.run_dir, args.checkpoint, device)
+    config = run_config_from_dict(payload["config"], where=str(run.path))
+    data = make_training_data(config.data, args.data_dir)
+    x = {"train": data.train_source, "valid": data.valid, "test": data.test}[args.split]
+    if args.split == "train" and data.dynamic:
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(config.data.eval_binarization_seed))
+    tic = time.perf_counter()
+    result = evaluate(model, x.reshape(len(x), -1), args.split, args.batch_size, progress=None)
+    record = {
+        "model": config.model_name,
+        "dataset": config.data.name,
+        "binarization": config.data.binarization,
+        "checkpoint": args.checkpoint,
+        "epoch": payload["epoch"],
+        **result.to_dict(),
+        "eval_seconds": time.perf_counter() - tic,
+        "device": str(device),
+    }
+    out = run.path / f"eval_{args.split}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(result.describe())
+    print(f"written to {out}")
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    if args.num_samples < 1:
+        raise ValueError(f"-n must be at least 1, got {args.num_samples}")
+    device = resolve_device(args.device)
+    run, _, model = _load_run(args.run_dir, args.checkpoint, device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    tic = time.perf_counter()
+    with torch.no_grad():
+        if args.sampler == "naive":
+            if not hasattr(model, "sample_naive"):
+                raise ValueError(f"model {model.name!r} has no naive sampler")
+            x = model.unflatten(model.sample_naive(model.draw_uniforms(args.num_samples, generator)))
+        else:
+            x = model.sample(args.num_samples, generator=generator)
+    seconds = time.perf_counter() - tic
+    png = args.out or run.path / "samples.png"
+    save_image_grid(x, png)
+    np.save(png.with_suffix(".npy"), x.cpu().numpy().astype(np.uint8 if model.support == "binary" else np.float32))
+    print(f"drew {args.num_samples} samples in {seconds:.3f} s ({args.num_samples / seconds:.1f} samples/s, {args.sampler} sampler)")
+    print(f"written to {png} and {png.with_suffix('.npy')}")
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    print("models:")
+    for name in list_models():
+        print(f"  {name}")
+    print("data sets:")
+    for info in DATASETS.values():
+        shape = "x".join(map(str, info.data_shape))
+        print(f"  {info.name:16s} {info.kind:9s} {shape:8s} {'/'.join(map(str, info.sizes)):16s} {info.description}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "list": _cmd_list}[args.command]
+    try:
+        handler(args)
+    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
+        # ConfigError, DataError and CheckpointError are ValueErrors: one line, no traceback.
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"genzoo: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Evaluation: negative log-likelihood in nats per example and bits per dimension.
+
+bits/dim = NLL / (D · ln 2). For a model whose ``likelihood`` is "lower_bound" the NLL reported
+is an upper bound, and is labelled so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from genzoo.models import GenerativeModel
+
+__all__ = ["Evaluation", "evaluate", "mean_log_prob"]
+
+
+@dataclass
+class Evaluation:
+    split: str
+    nll_nats: float
+    bits_per_dim: float
+    likelihood: str
+    num_examples: int
+    standard_error_nats: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        relation = "=" if self.likelihood == "exact" else "≤"
+        return (
+            f"{self.split} NLL {relation} {self.nll_nats:.2f} nats ({self.bits_per_dim:.4f} bits/dim, "
+            f"± {self.standard_error_nats:.2f} s.e., likelihood: {self.likelihood}, {self.num_examples} examples)"
+        )
+
+
+@torch.no_grad()
+def mean_log_prob(model: GenerativeModel, x: torch.Tensor, batch_size: int = 1000, progress: bool = False,
+                  desc: str = "eval") -> torch.Tensor:
+    """log p(x) for every row of x, computed in batches in eval mode; returns (N,) on the CPU."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model.log_prob(batch.to(model.device)).cpu()
+               for batch in tqdm(x.split(batch_size), desc=desc, disable=not progress, leave=False)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model: GenerativeModel, x: torch.Tensor, split: str = "test", batch_size: int = 1000,
+             progress: bool = False) -> Evaluation:
+    if model.likelihood == "none":
+        raise ValueError(f"model {getattr(model, 'name', type(model).__name__)!r} has no likelihood to evaluate")
+    log_p = mean_log_prob(model, x, batch_size, progress, desc=f"eval {split}").double()
+    nll = float(-log_p.mean())
+    stderr = float(log_p.std() / math.sqrt(len(log_p))) if len(log_p) > 1 else float("nan")
+    return Evaluation(split, nll, nll / (model.num_dims * math.log(2)), model.likelihood, len(log_p), stderr)

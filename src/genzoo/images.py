@@ -1,0 +1,64 @@
+"""Pictures a run writes: sample grids and the loss curve."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["save_image_grid", "save_loss_curve", "as_images"]
+
+
+def as_images(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(N, H, W) uint8 images from (N, C=1, H, W), (N, H, W) or flat (N, D) with D a square
+    (else one row of D pixels each); values in [0, 1] or [0, 255]."""
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    n = len(x)
+    if x.ndim == 4:
+        x = x[:, 0]
+    elif x.ndim == 2:
+        side = math.isqrt(x.shape[1])
+        x = x.reshape(n, side, side) if side * side == x.shape[1] else x.reshape(n, 1, -1)
+    scale = 255.0 if x.max(initial=0) <= 1.0 else 1.0
+    return np.clip(x * scale, 0, 255).astype(np.uint8)
+
+
+def save_image_grid(x: torch.Tensor | np.ndarray, path: str | Path, ncols: int | None = None, zoom: int = 4, padding: int = 2) -> Path:
+    from PIL import Image
+
+    images = as_images(x)
+    n, h, w = images.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding), 128, np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, ncols)
+        top, left = padding + r * (h + padding), padding + c * (w + padding)
+        grid[top : top + h, left : left + w] = image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)
+    return path
+
+
+def save_loss_curve(records: Sequence[dict], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in records]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["train_loss"] for r in records], marker="o", label="train loss (nats)")
+    ax.plot(epochs, [r["valid_nll"] for r in records], marker="o", label="valid NLL (nats)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per example")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

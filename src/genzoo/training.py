@@ -1,0 +1,271 @@
+"""One trainer for every model: Adam, minibatches, a learning-rate schedule, gradient clipping,
+validation each epoch, early stopping, atomic checkpoints (best and last) and exact resume.
+
+A run folder holds::
+
+    config.toml            the resolved run config
+    metrics.jsonl          one JSON record per epoch
+    checkpoints/last.pt    written after every epoch (resume starts here)
+    checkpoints/best.pt    the epoch with the best validation NLL
+    loss_curve.png
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from genzoo.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from genzoo.config import RunConfig, dump_toml, load_run_config
+from genzoo.data import TrainingData, make_training_data
+from genzoo.data.download import DataError
+from genzoo.devices import seed_everything
+from genzoo.evaluation import evaluate
+from genzoo.images import save_loss_curve
+from genzoo.models import GenerativeModel, build_model
+
+__all__ = ["Trainer", "TrainResult", "RunFolder"]
+
+
+@dataclass
+class RunFolder:
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def loss_curve(self) -> Path:
+        return self.path / "loss_curve.png"
+
+    def checkpoint(self, which: str = "best") -> Path:
+        if which not in ("best", "last"):
+            raise ValueError(f"unknown checkpoint {which!r}; use best or last")
+        return self.best if which == "best" else self.last
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class TrainResult:
+    model: GenerativeModel
+    epochs_completed: int
+    best_epoch: int
+    best_valid_nll: float
+    train_seconds: float
+    stopped_because: str
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    train = config.train
+    if train.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+    if train.lr_schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=train.lr_decay)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+class Trainer:
+    """Train ``config``'s model on its data, writing everything to ``run_dir``.
+
+    >>> Trainer(config, "runs/made").fit()            # doctest: +SKIP
+    >>> Trainer.resume("runs/made").fit()             # continues from checkpoints/last.pt
+    """
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, device: torch.device | str = "cpu",
+                 data_dir: str | None = None, progress: bool | None = None):
+        if "name" not in config.model:
+            raise ValueError("the run config names no model ([model] name = ...)")
+        self.config = config
+        self.run = RunFolder(Path(run_dir))
+        self.device = torch.device(device)
+        self.data_dir = data_dir
+        self.progress = progress
+        self._resume_payload: dict[str, Any] | None = None
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, device: torch.device | str = "cpu", data_dir: str | None = None,
+               progress: bool | None = None, epochs: int | None = None) -> "Trainer":
+        """A trainer that continues the run in ``run_dir`` from its last checkpoint
+        (optionally with a new total number of ``epochs``)."""
+        run = RunFolder(Path(run_dir))
+        payload = load_checkpoint(run.last)
+        config = load_run_config(run.config) if run.config.exists() else None
+        if config is None:
+            raise CheckpointError(f"{run.config} is missing: cannot resume {run_dir}")
+        if epochs is not None:
+            config.train.epochs = epochs
+        trainer = cls(config, run_dir, device, data_dir, progress)
+        trainer._resume_payload = payload
+        return trainer
+
+    # -- set-up -------------------------------------------------------------------------
+    def _load_data(self) -> TrainingData:
+        data = make_training_data(self.config.data, self.data_dir)
+        return data
+
+    def _build_model(self, data: TrainingData) -> GenerativeModel:
+        model = build_model(self.config.model_name, data.data_shape, **self.config.model_hyperparameters)
+        if model.support == "binary" and data.kind != "binary":
+            raise DataError(
+                f"model {self.config.model_name!r} needs binary data, but {self.config.data.name!r} is 8-bit {data.kind}; "
+                'set binarization = "dynamic" in [data] (or --binarization dynamic)'
+            )
+        return model.to(self.device)
+
+    # -- the loop -----------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        train_cfg = cfg.train
+        seed_everything(train_cfg.seed)
+        data = self._load_data()
+        model = self._build_model(data)
+        optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        scheduler = make_scheduler(optimizer, cfg)
+        data_order = torch.Generator().manual_seed(train_cfg.seed + 1)
+
+        start_epoch, best_nll, best_epoch, stale, seconds = 0, math.inf, 0, 0, 0.0
+        if self._resume_payload is not None:
+            payload = self._resume_payload
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            scheduler.load_state_dict(payload["scheduler"])
+            data_order.set_state(payload["rng"]["data_order"])
+            torch.set_rng_state(payload["rng"]["torch"])
+            start_epoch = payload["epoch"]
+            best_nll, best_epoch = payload["best_valid_nll"], payload["best_epoch"]
+            stale, seconds = payload["epochs_without_improvement"], payload["train_seconds"]
+            self._drop_metrics_after(start_epoch)
+        else:
+            self._start_run_folder()
+
+        valid = data.valid.reshape(len(data.valid), -1)
+        stopped_because = "completed all epochs"
+        epoch = start_epoch
+        if train_cfg.patience and stale >= train_cfg.patience:
+            stopped_because = f"no better validation NLL in {stale} epochs"
+        elif train_cfg.max_seconds and seconds >= train_cfg.max_seconds:
+            stopped_because = f"reached max_seconds = {train_cfg.max_seconds:g}"
+        else:
+            for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
+                tic = time.perf_counter()
+                train_x = data.train_epoch(data_order).reshape(len(data.train_source), -1)
+                train_loss = self._train_one_epoch(model, optimizer, train_x, data_order, epoch)
+                scheduler.step()
+                epoch_seconds = time.perf_counter() - tic
+                seconds += epoch_seconds
+                result = evaluate(model, valid, "valid", train_cfg.eval_batch_size)
+                improved = result.nll_nats < best_nll
+                if improved:
+                    best_nll, best_epoch, stale = result.nll_nats, epoch, 0
+                else:
+                    stale += 1
+                record = {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "valid_nll": result.nll_nats,
+                    "valid_bits_per_dim": result.bits_per_dim,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "epoch_seconds": epoch_seconds,
+                    "examples_per_second": len(train_x) / epoch_seconds,
+                }
+                with open(self.run.metrics, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                payload = {
+                    "config": cfg.to_dict(),
+                    "data_shape": list(data.data_shape),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "epoch": epoch,
+                    "best_valid_nll": best_nll,
+                    "best_epoch": best_epoch,
+                    "epochs_without_improvement": stale,
+                    "train_seconds": seconds,
+                    "rng": {"data_order": data_order.get_state(), "torch": torch.get_rng_state()},
+                }
+                save_checkpoint(payload, self.run.last)
+                if improved:
+                    save_checkpoint(payload, self.run.best)
+                self._say(
+                    f"epoch {epoch}/{train_cfg.epochs}: train loss {train_loss:.3f}, valid NLL {result.nll_nats:.3f} nats"
+                    f"{' (best)' if improved else ''}, {record['examples_per_second']:.0f} examples/s"
+                )
+                if train_cfg.patience and stale >= train_cfg.patience:
+                    stopped_because = f"no better validation NLL in {stale} epochs"
+                    break
+                if train_cfg.max_seconds and seconds >= train_cfg.max_seconds:
+                    stopped_because = f"reached max_seconds = {train_cfg.max_seconds:g}"
+                    break
+        records = self.run.read_metrics()
+        if records:
+            save_loss_curve(records, self.run.loss_curve, title=f"{cfg.model_name} on {cfg.data.name}")
+        best = model_from_checkpoint(load_checkpoint(self.run.best), self.run.best).to(self.device)
+        return TrainResult(best, epoch, best_epoch, best_nll, seconds, stopped_because)
+
+    def _train_one_epoch(self, model: GenerativeModel, optimizer: torch.optim.Optimizer, train_x: torch.Tensor,
+                         data_order: torch.Generator, epoch: int) -> float:
+        cfg = self.config.train
+        model.train()
+        order = torch.randperm(len(train_x), generator=data_order)
+        total, count = 0.0, 0
+        batches = order.split(cfg.batch_size)
+        with tqdm(batches, desc=f"epoch {epoch}", disable=self._progress_disabled(), leave=False) as bar:
+            for index in bar:
+                x = train_x[index].to(self.device, non_blocking=True)
+                loss = model.loss(x)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}; lower the learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                total += loss.item() * len(index)
+                count += len(index)
+                bar.set_postfix(loss=f"{total / count:.3f}")
+        return total / count
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def _start_run_folder(self) -> None:
+        if self.run.last.exists():
+            raise FileExistsError(
+                f"{self.run.path} already holds a run; resume it with --resume or choose another --out"
+            )
+        self.run.path.mkdir(parents=True, exist_ok=True)
+        self.run.config.write_text(dump_toml(self.config.to_dict()))
+        self.run.metrics.unlink(missing_ok=True)
+
+    def _drop_metrics_after(self, epoch: int) -> None:
+        """Forget records of epochs the last checkpoint does not hold (a crash between the two writes)."""
+        kept = [r for r in self.run.read_metrics() if r["epoch"] <= epoch]
+        self.run.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def _progress_disabled(self) -> bool | None:
+        return None if self.progress is None else not self.progress
+
+    def _say(self, message: str) -> None:
+        if self.progress is not False:
+            tqdm.write(message)

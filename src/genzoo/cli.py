@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a model hyperparameter, VALUE in TOML syntax (e.g. -p hidden_sizes=[500]); repeatable")
     train.add_argument("--out", type=Path, help="run folder (default: runs/MODEL-DATA)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="start afresh in --out even if it holds a run (its checkpoints are replaced)")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     add_common(train)
 
@@ -111,6 +112,8 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
 def _cmd_train(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     progress = False if args.quiet else None
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other; choose one")
     if args.resume:
         if args.out is None:
             raise ValueError("--resume needs --out RUN_DIR")
@@ -119,6 +122,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         config = _train_config(args)
         out = args.out or Path("runs") / f"{args.model}-{Path(config.data.name).stem}"
         trainer = Trainer(config, out, device, args.data_dir, progress)
+        if args.overwrite:
+            trainer.run.discard()
     result = trainer.fit()
     print(
         f"trained {trainer.config.model_name} for {result.epochs_completed} epochs ({result.stopped_because}) "

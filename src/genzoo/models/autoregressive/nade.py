@@ -30,18 +30,55 @@ __all__ = ["NADE", "NADEConfig"]
 class NADEConfig:
     hidden_size: int = 500
     #: examples per chunk of the O(B·D·H) hidden-state tensor, to bound memory
-    chunk_size: int = 256
+    chunk_size: int = 8
 
     def __post_init__(self) -> None:
         require(self.hidden_size >= 1, f"nade: hidden_size must be at least 1, got {self.hidden_size}")
         require(self.chunk_size >= 1, f"nade: chunk_size must be at least 1, got {self.chunk_size}")
 
 
-def hidden_preactivations(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """a_d = c + Σ_{j<d} W_{:,j} x_j for every d, shape (B, D, H): an exclusive cumulative sum."""
-    contributions = x.unsqueeze(-1) * weight.t()  # (B, D, H): W_{:,j} x_j
-    inclusive = contributions.cumsum(dim=1)
-    return bias + inclusive - contributions
+def hidden_states(x_t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """h_d = σ(c + Σ_{j<d} W_{:,j} x_j) for every d, from x transposed to (D, B); returns (D, B, H).
+
+    Dimension-major, so the exclusive cumulative sum over d adds contiguous (B, H) slabs.
+    """
+    contributions = x_t.unsqueeze(-1) * weight.t().unsqueeze(1)  # W_{:,j} x_j
+    return contributions.cumsum(0).sub_(contributions).add_(bias).sigmoid_()
+
+
+class _NADELogits(torch.autograd.Function):
+    """ℓ_d = b_d + V_d · h_d for all d, with a hand-written backward pass that recomputes h
+    chunk by chunk instead of storing the (B, D, H) activations (2× faster than autograd here,
+    and memory O(chunk · D · H)):
+
+        ∂L/∂V_d = Σ_b g_bd h_bd,   δ_bd = g_bd V_d ⊙ h_bd ⊙ (1 − h_bd),
+        ∂L/∂c = Σ_{b,d} δ_bd,       ∂L/∂W_{:,j} = Σ_b x_bj Σ_{d>j} δ_bd.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, c, V, b, chunk_size: int):
+        logits = []
+        for x_chunk in x.split(chunk_size):
+            h = hidden_states(x_chunk.t(), W, c)
+            logits.append(torch.bmm(h, V.unsqueeze(-1)).squeeze(-1).t())
+        ctx.save_for_backward(x, W, c, V)
+        ctx.chunk_size = chunk_size
+        return torch.cat(logits) + b
+
+    @staticmethod
+    def backward(ctx, grad_logits):
+        x, W, c, V = ctx.saved_tensors
+        dW, dc, dV = torch.zeros_like(W), torch.zeros_like(c), torch.zeros_like(V)
+        for x_chunk, g_chunk in zip(x.split(ctx.chunk_size), grad_logits.split(ctx.chunk_size)):
+            x_t, g_t = x_chunk.t(), g_chunk.t().contiguous()
+            h = hidden_states(x_t, W, c)
+            dV += torch.bmm(g_t.unsqueeze(1), h).squeeze(1)
+            delta = h.mul_(1 - h).mul_(g_t.unsqueeze(-1) * V.unsqueeze(1))
+            total = delta.sum(0)
+            dc += total.sum(0)
+            later = delta.cumsum(0).neg_().add_(total)  # Σ_{d>j} δ_d
+            dW += torch.bmm(x_t.contiguous().unsqueeze(1), later).squeeze(1).t()
+        return None, dW, dc, dV, grad_logits.sum(0), None
 
 
 @register_model("nade", NADEConfig)
@@ -56,11 +93,7 @@ class NADE(BernoulliAutoregressive):
         self.b = nn.Parameter(torch.zeros(D))
 
     def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
-        chunks = []
-        for x_chunk in x.split(self.config.chunk_size):
-            h = torch.sigmoid(hidden_preactivations(x_chunk, self.W, self.c))
-            chunks.append((h * self.V).sum(-1) + self.b)
-        return torch.cat(chunks)
+        return _NADELogits.apply(x, self.W, self.c, self.V, self.b, self.config.chunk_size)
 
     @torch.no_grad()
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,121 @@
+"""Training throughput and sampling speed of FVSBN, NADE and MADE at the closest peer's published
+configurations, against this machine's own float32 matmul rate measured in the same run.
+
+    python benchmarks/speed.py [--device auto] [--repeats 5]
+
+Writes benchmarks/results/speed.json. Figures are medians over --repeats runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+import genzoo
+from common import RESULTS, command_line, device_description, median_seconds
+from genzoo.config import RunConfig
+from genzoo.devices import resolve_device
+from genzoo.training import make_optimizer
+
+D = 784
+# The closest peer's figures on a 2-thread machine (quoted in the issue, not re-measured here).
+PEER = {
+    "made": {"train_examples_per_second": 500, "sample16_seconds": 12.0},
+    "nade": {"train_examples_per_second": 500, "sample16_seconds": 0.16},
+    "fvsbn": {"train_examples_per_second": 1900, "sample16_seconds": 17.0},
+}
+CONFIGS = {  # the peer's published hyperparameters
+    "made": ({"hidden_sizes": [8000]}, 64),
+    "nade": ({"hidden_size": 500}, 512),
+    "fvsbn": ({}, 512),
+}
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    seconds = median_seconds(lambda: (a @ b, _sync(device)), repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def made_train_flops_per_example(hidden: int) -> float:
+    """Forward 2·(D·H + H·D) multiply-adds per example; backward twice that."""
+    return 3 * 2 * (D * hidden + hidden * D)
+
+
+def train_throughput(name: str, device: torch.device, repeats: int, steps: int = 8) -> float:
+    hyper, batch = CONFIGS[name]
+    model = genzoo.build_model(name, (1, 28, 28), **hyper).to(device)
+    optimizer = make_optimizer(model, RunConfig())  # the trainer's own optimizer
+    x = (torch.rand(batch * steps, D, generator=torch.Generator().manual_seed(0)) < 0.13).float().to(device)
+
+    def run_steps():
+        for xb in x.split(batch):
+            loss = model.loss(xb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+
+    return batch * steps / median_seconds(run_steps, repeats)
+
+
+def sampling_seconds(name: str, device: torch.device, repeats: int, naive: bool, n: int = 16) -> float:
+    hyper, _ = CONFIGS[name]
+    model = genzoo.build_model(name, (1, 28, 28), **hyper).to(device).eval()
+    u = model.draw_uniforms(n, torch.Generator(device=device).manual_seed(0))
+    sampler = model.sample_naive if naive else model.sample_from_uniforms
+    with torch.no_grad():
+        return median_seconds(lambda: (sampler(u), _sync(device)), repeats if not naive else max(1, repeats // 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+
+    peak = matmul_gflops(device, repeats=args.repeats)
+    print(f"device: {device_description(device)}; float32 matmul (2048²): {peak:.1f} GFLOP/s")
+    record = {"device": device_description(device), "threads": torch.get_num_threads(), "matmul_gflops": peak,
+              "command": command_line(), "models": {}}
+    for name in ("fvsbn", "nade", "made"):
+        hyper, batch = CONFIGS[name]
+        rate = train_throughput(name, device, args.repeats)
+        fast = sampling_seconds(name, device, args.repeats, naive=False)
+        naive = sampling_seconds(name, device, args.repeats, naive=True)
+        entry = {
+            "hyperparameters": hyper,
+            "train_batch_size": batch,
+            "train_examples_per_second": rate,
+            "sample16_seconds_fast": fast,
+            "sample16_seconds_naive": naive,
+            "fast_over_naive_sampling": naive / fast,
+            "peer_quoted": PEER[name],
+            "train_speedup_vs_peer_quoted": rate / PEER[name]["train_examples_per_second"],
+            "sampling_speedup_vs_peer_quoted": PEER[name]["sample16_seconds"] / fast,
+        }
+        line = (f"{name:6s} train {rate:8.0f} examples/s (batch {batch}; {entry['train_speedup_vs_peer_quoted']:.1f}x the peer's quoted rate) | "
+                f"16 samples: fast {fast:.3f} s, naive {naive:.2f} s ({naive / fast:.0f}x)")
+        if name == "made":
+            gflops = rate * made_train_flops_per_example(hyper["hidden_sizes"][0]) / 1e9
+            entry["train_gflops"] = gflops
+            entry["fraction_of_matmul_peak"] = gflops / peak
+            line += f" | {gflops:.1f} GFLOP/s = {100 * gflops / peak:.0f}% of matmul"
+        print(line)
+        record["models"][name] = entry
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"speed-{device.type}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

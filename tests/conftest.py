@@ -1,0 +1,112 @@
+"""Shared helpers for the genzoo test suite.
+
+Every model-level test is parametrized over ``genzoo.list_models()`` so that a newly registered
+model is covered automatically; ``TINY`` only supplies small hyperparameters for the known ones
+(an unknown model is built with its defaults).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import genzoo
+from genzoo.config import DataConfig, RunConfig, TrainConfig
+
+# The suite's tensors are tiny: one intra-op thread avoids OpenMP hand-off overhead, which on a
+# small (2-core) machine makes a 64x48 matmul ~200x slower than it needs to be.
+torch.set_num_threads(1)
+
+#: offline MNIST copies (optional): tests that need them skip when the folder is absent
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+requires_shared_data = pytest.mark.skipif(
+    not (SHARED_DATA / "binarized_mnist.npz").is_file() or not (SHARED_DATA / "mnist.npz").is_file(),
+    reason=f"offline MNIST files not found in {SHARED_DATA}",
+)
+
+#: small hyperparameters for the known models
+TINY: dict[str, dict] = {
+    "fvsbn": {},
+    "nade": {"hidden_size": 8},
+    "made": {"hidden_sizes": [16, 16]},
+}
+
+#: extra variants of the known models that exercise distinct code paths
+EXTRA_VARIANTS: list[tuple[str, dict]] = [
+    ("made", {"hidden_sizes": [16, 16], "num_masks": 3}),
+    ("made", {"hidden_sizes": [16, 16], "num_masks": 1, "order_agnostic": True}),
+    ("made", {"hidden_sizes": [16, 16], "num_masks": 3, "order_agnostic": True}),
+    ("made", {"hidden_sizes": [12], "num_masks": 2}),
+]
+
+
+def tiny_hyperparameters(name: str) -> dict:
+    return dict(TINY.get(name, {}))
+
+
+def variant_id(name: str, hp: dict) -> str:
+    if not hp:
+        return name
+    parts = []
+    for k, v in hp.items():
+        if isinstance(v, (list, tuple)):
+            v = "x".join(map(str, v))
+        parts.append(f"{k}={v}")
+    return f"{name}[{','.join(parts)}]"
+
+
+def model_variants() -> list:
+    """Every registered model with tiny hyperparameters, plus the extra variants."""
+    variants = [(name, tiny_hyperparameters(name)) for name in genzoo.list_models()]
+    variants += [(n, hp) for n, hp in EXTRA_VARIANTS if n in genzoo.list_models()]
+    return [pytest.param(n, hp, id=variant_id(n, hp)) for n, hp in variants]
+
+
+ALL_MODELS = [pytest.param(name, id=name) for name in genzoo.list_models()]
+MODEL_VARIANTS = model_variants()
+
+
+def build_tiny(name: str, data_shape, **overrides) -> genzoo.GenerativeModel:
+    hp = tiny_hyperparameters(name)
+    hp.update(overrides)
+    return genzoo.build_model(name, data_shape, **hp)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 1.0) -> torch.nn.Module:
+    """Re-initialize every parameter from N(0, std²) so the model is far from uniform."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * std)
+    return model
+
+
+def all_binary(n: int, dtype=torch.float64) -> torch.Tensor:
+    """All 2^n binary vectors, shape (2^n, n); row r is the binary expansion of r, dim 0 least significant."""
+    rows = [[(r >> d) & 1 for d in range(n)] for r in range(2**n)]
+    return torch.tensor(rows, dtype=dtype)
+
+
+def random_input(model: genzoo.GenerativeModel, batch: int, seed: int = 0) -> torch.Tensor:
+    """A batch of valid input for ``model`` (binary or real), image-shaped."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, *model.data_shape)
+    if model.support == "binary":
+        x = torch.randint(0, 2, shape, generator=generator).to(torch.float64)
+    else:
+        x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return x.to(next(model.parameters()).dtype)
+
+
+def tiny_run_config(model: str = "made", epochs: int = 2, data: str = "digits", binarization: str = "none",
+                    model_hp: dict | None = None, **train) -> RunConfig:
+    hp = {"hidden_sizes": [16]} if model == "made" and model_hp is None else (model_hp or tiny_hyperparameters(model))
+    train.setdefault("batch_size", 100)
+    return RunConfig(
+        model={"name": model, **hp},
+        data=DataConfig(name=data, binarization=binarization),
+        train=TrainConfig(epochs=epochs, **train),
+    )
+

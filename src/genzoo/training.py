@@ -129,8 +129,11 @@ class Trainer:
         config = load_run_config(run.config) if run.config.exists() else None
         if config is None:
             raise CheckpointError(f"{run.config} is missing: cannot resume {run_dir}")
-        if epochs is not None:
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        if epochs is not None and epochs != config.train.epochs:
             config.train.epochs = epochs
+            run.config.write_text(dump_toml(config.to_dict()))  # a later resume keeps the new total
         trainer = cls(config, run_dir, device, data_dir, progress)
         trainer._resume_payload = payload
         return trainer

@@ -166,15 +166,9 @@ def _check_autoregressive(model: BernoulliAutoregressive, dense: bool) -> None:
         assert (jac[allowed] > 0).all(), "an allowed dependency is missing"
 
 
-NADE_INPUT_GRADIENT_BUG = (
-    "BUG: nade.py _NADELogits.backward returns None as the gradient of x, so autograd silently "
-    "treats d(logits)/dx as zero (x.grad stays None / the Jacobian is all zeros)"
-)
-
-
 @pytest.mark.parametrize(
     "name",
-    ["fvsbn", pytest.param("nade", marks=pytest.mark.xfail(reason=NADE_INPUT_GRADIENT_BUG, strict=True))],
+    ["fvsbn", "nade"],
 )
 def test_fvsbn_and_nade_are_autoregressive_in_the_natural_order(name):
     """Jacobian check: ∂ℓ_i/∂x_j is exactly zero unless j < i, and nonzero for every j < i."""
@@ -248,8 +242,7 @@ def test_made_is_autoregressive_under_every_mask(hp):
     "name, hp",
     [
         pytest.param("fvsbn", {}, id="fvsbn"),
-        pytest.param("nade", {"hidden_size": 5, "chunk_size": 3}, id="nade",
-                     marks=pytest.mark.xfail(reason=NADE_INPUT_GRADIENT_BUG, strict=True)),
+        pytest.param("nade", {"hidden_size": 5, "chunk_size": 3}, id="nade"),
         pytest.param("made", {"hidden_sizes": [9, 9]}, id="made"),
     ],
 )
@@ -340,12 +333,6 @@ def test_made_eval_log_prob_is_deterministic_and_is_the_mask_mixture():
     assert (per_mask[0] - per_mask[1]).abs().max() > 1e-3
 
 
-@pytest.mark.xfail(
-    reason="BUG: made.py MADE._log_prob (eval, num_masks > 1) switches masks with use_mask(k), and "
-    "nn/masked.py MaskedLinear.set_mask overwrites the mask buffer in place (self.mask.copy_) while "
-    "the autograd graph of the previous mask still needs it: backward raises RuntimeError",
-    strict=True,
-)
 def test_made_mixture_log_prob_is_differentiable():
     """The evaluated K-mask likelihood is a differentiable function of the weights; its gradient
     equals that of a direct implementation of (1/K) Σ_k p_k(x)."""

@@ -1,6 +1,10 @@
 """Data sets: the registry, users' own files (and their validation), and training data."""
 from __future__ import annotations
 
+import hashlib
+import io
+import urllib.error
+
 import numpy as np
 import pytest
 import torch
@@ -298,12 +302,6 @@ def test_user_file_of_strings(tmp_path):
         load_user_file(path)
 
 
-@pytest.mark.xfail(
-    reason="BUG: data/registry.py load_splits returns torch.from_numpy(np.asarray(a, float32)) of the "
-    "lru_cached arrays; for a float32 user file no copy is made, so the returned tensor aliases the "
-    "cache and modifying it in place changes what every later load_dataset call returns",
-    strict=True,
-)
 def test_load_dataset_returns_a_fresh_tensor(tmp_path):
     path = tmp_path / "float32.npy"
     np.save(path, _binary(20).astype(np.float32))
@@ -313,17 +311,115 @@ def test_load_dataset_returns_a_fresh_tensor(tmp_path):
     assert torch.equal(genzoo.load_dataset(str(path)), expected)
 
 
-@pytest.mark.xfail(
-    reason="BUG: data/registry.py _load_arrays is functools.lru_cache'd on the file name only, so a user "
-    "file rewritten on disk keeps returning its old contents in the same process",
-    strict=True,
-)
 def test_a_rewritten_user_file_is_read_again(tmp_path):
     path = tmp_path / "changing.npy"
     np.save(path, np.zeros((20, 4), np.uint8))
     assert genzoo.load_dataset(str(path)).sum() == 0
     np.save(path, np.ones((20, 4), np.uint8))
     assert genzoo.load_dataset(str(path)).sum() > 0
+
+
+def test_csv_blank_lines_inside_the_data_are_refused_with_their_row(tmp_path):
+    word = tmp_path / "word.csv"
+    word.write_text("0,1\n\n1,x\n0,0\n1,1\n")
+    half = tmp_path / "half.csv"
+    half.write_text("0,1\n\n1,0.5\n0,0\n1,1\n")
+    with pytest.raises(DataError) as word_error:
+        load_user_file(word)
+    with pytest.raises(DataError) as half_error:
+        load_user_file(half)
+    # A blank line inside the data would shift every later row number: it is refused, named.
+    assert "row 1 is empty" in str(word_error.value)
+    assert "row 1 is empty" in str(half_error.value)
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("0,1\n1,0.5\n0,0\n\n\n")
+    with pytest.raises(DataError, match="row 1 has value 0.5"):
+        load_user_file(trailing)
+
+
+# -- where data lives, and downloads (no network: urlopen is faked) ----------------------------------
+
+
+def test_data_dir_precedence(tmp_path, monkeypatch):
+    from genzoo.data import data_dir
+
+    monkeypatch.delenv("GENZOO_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data_dir() == tmp_path / "cache" / "genzoo"
+    monkeypatch.setenv("GENZOO_DATA", str(tmp_path / "env"))
+    assert data_dir() == tmp_path / "env"
+    assert data_dir(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+class _FakeResponse(io.BytesIO):
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.headers = {"Content-Length": str(len(data))}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _fake_urlopen(monkeypatch, data: bytes | None):
+    import urllib.request
+
+    def urlopen(url, timeout=None):
+        if data is None:
+            raise urllib.error.URLError("Temporary failure in name resolution")
+        return _FakeResponse(data)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def test_download_checks_the_sha256(tmp_path, monkeypatch):
+    from genzoo.data.download import find_or_download
+
+    content = b"0 1 1 0\n" * 100
+    _fake_urlopen(monkeypatch, content)
+    path = find_or_download("file.amat", "http://example.invalid/file.amat", hashlib.sha256(content).hexdigest(),
+                            tmp_path, "demo")
+    assert path == tmp_path / "file.amat" and path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.amat"]
+
+    _fake_urlopen(monkeypatch, b"tampered")
+    with pytest.raises(DataError, match="corrupt: sha256"):
+        find_or_download("other.amat", "http://example.invalid/other.amat", "0" * 64, tmp_path, "demo")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.amat"], "a bad download was left behind"
+
+
+def test_an_existing_file_is_not_downloaded_again(tmp_path, monkeypatch):
+    from genzoo.data.download import find_or_download
+
+    (tmp_path / "here.bin").write_bytes(b"local")
+    _fake_urlopen(monkeypatch, None)  # any download attempt would fail
+    assert find_or_download("here.bin", "http://example.invalid/x", "0" * 64, tmp_path, "demo").read_bytes() == b"local"
+
+
+def test_download_failure_is_a_clear_data_error(tmp_path, monkeypatch):
+    from genzoo.data.download import find_or_download
+
+    _fake_urlopen(monkeypatch, None)
+    with pytest.raises(DataError) as info:
+        find_or_download("x.npz", "http://example.invalid/x.npz", "0" * 64, tmp_path, "mnist")
+    message = _one_line(info)
+    assert "'mnist'" in message and str(tmp_path) in message and "GENZOO_DATA" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_wrong_binarized_mnist_file_is_refused(tmp_path):
+    np.savez(tmp_path / "binarized_mnist.npz", train=np.zeros((5, 784), np.uint8),
+             valid=np.zeros((5, 784), np.uint8), test=np.zeros((5, 784), np.uint8))
+    with pytest.raises(DataError, match="not the right one"):
+        genzoo.load_dataset("binarized-mnist", "test", data_dir=str(tmp_path))
+
+
+def test_a_wrong_mnist_file_is_refused(tmp_path):
+    np.savez(tmp_path / "mnist.npz", x_train=np.zeros((10, 28, 28), np.uint8))
+    with pytest.raises(DataError, match=r"lacks the arrays \['x_test'\]"):
+        genzoo.load_dataset("mnist", "test", data_dir=str(tmp_path))
 
 
 # -- training data ---------------------------------------------------------------------------------

@@ -83,25 +83,8 @@ class _LogProb(torch.nn.Module):
         return self.inner.log_prob(x)
 
 
-MADE_MIXTURE_BACKWARD_BUG = (
-    "BUG: MADE with num_masks > 1 in eval mode: _log_prob calls use_mask(k) for each k, and "
-    "MaskedLinear.set_mask overwrites the mask buffer in place (mask.copy_) after weight * mask "
-    "saved it for backward, so backward raises 'modified by an inplace operation'"
-)
 
-
-def _mark_mixture_backward_bug(params: list) -> list:
-    out = []
-    for param in params:
-        name, hp = param.values
-        if name == "made" and hp.get("num_masks", 1) > 1:
-            param = pytest.param(name, hp, id=param.id,
-                                 marks=pytest.mark.xfail(reason=MADE_MIXTURE_BACKWARD_BUG, strict=True))
-        out.append(param)
-    return out
-
-
-@pytest.mark.parametrize("name, hp", _mark_mixture_backward_bug(MODEL_VARIANTS))
+@pytest.mark.parametrize("name, hp", MODEL_VARIANTS)
 def test_parameter_gradients_match_finite_differences(name, hp):
     """gradcheck of log_prob with respect to every parameter (catches a wrong hand-written backward)."""
     hp = {k: ([5, 7] if k == "hidden_sizes" else v) for k, v in hp.items()}

@@ -121,9 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     else:
         config = _train_config(args)
         out = args.out or Path("runs") / f"{args.model}-{Path(config.data.name).stem}"
-        trainer = Trainer(config, out, device, args.data_dir, progress)
-        if args.overwrite:
-            trainer.run.discard()
+        trainer = Trainer(config, out, device, args.data_dir, progress, overwrite=args.overwrite)
     result = trainer.fit()
     print(
         f"trained {trainer.config.model_name} for {result.epochs_completed} epochs ({result.stopped_because}) "

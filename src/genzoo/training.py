@@ -109,7 +109,7 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, run_dir: str | Path, device: torch.device | str = "cpu",
-                 data_dir: str | None = None, progress: bool | None = None):
+                 data_dir: str | None = None, progress: bool | None = None, overwrite: bool = False):
         if "name" not in config.model:
             raise ValueError("the run config names no model ([model] name = ...)")
         self.config = config
@@ -117,6 +117,7 @@ class Trainer:
         self.device = torch.device(device)
         self.data_dir = data_dir
         self.progress = progress
+        self.overwrite = overwrite  # replace a run already in run_dir (only once data and model are built)
         self._resume_payload: dict[str, Any] | None = None
 
     @classmethod
@@ -267,6 +268,8 @@ class Trainer:
 
     # -- bookkeeping --------------------------------------------------------------------
     def _start_run_folder(self) -> None:
+        if self.overwrite:
+            self.run.discard()
         if self.run.last.exists():
             raise FileExistsError(
                 f"{self.run.path} already holds a run; resume it with --resume or choose another --out"

@@ -24,10 +24,14 @@ _USER_SPLIT_SEED = 0
 
 def _read_csv(path: Path) -> np.ndarray:
     rows: list[list[float]] = []
+    blank_row: int | None = None  # blank lines may only end the file, so row numbers stay true
     with open(path, newline="") as f:
         for i, row in enumerate(csv.reader(f)):
             if not row or all(not cell.strip() for cell in row):
+                blank_row = i
                 continue
+            if blank_row is not None:
+                raise DataError(f"{path}: row {blank_row} is empty")
             try:
                 values = [float(cell) for cell in row]
             except ValueError:

@@ -64,8 +64,16 @@ def dataset_info(name: str) -> DatasetInfo:
     )
 
 
+def _cache_key(name: str) -> tuple:
+    """A user file is re-read when it changes on disk."""
+    if is_user_file(name) and Path(name).exists():
+        stat = Path(name).stat()
+        return (stat.st_mtime_ns, stat.st_size)
+    return ()
+
+
 @functools.lru_cache(maxsize=8)
-def _load_arrays(name: str, folder: str | None) -> tuple[dict[str, np.ndarray], Kind]:
+def _load_arrays(name: str, folder: str | None, file_state: tuple = ()) -> tuple[dict[str, np.ndarray], Kind]:
     if is_user_file(name):
         arrays = load_user_file(name)
         kinds = {infer_kind(a.reshape(len(a), -1), name) for a in arrays.values()}
@@ -76,8 +84,9 @@ def _load_arrays(name: str, folder: str | None) -> tuple[dict[str, np.ndarray], 
 
 def load_splits(name: str, data_dir: str | None = None) -> tuple[dict[str, torch.Tensor], Kind]:
     """All three splits as float tensors, with the data kind."""
-    arrays, kind = _load_arrays(name, str(data_dir) if data_dir else None)
-    return {split: torch.from_numpy(np.asarray(a, dtype=np.float32)) for split, a in arrays.items()}, kind
+    arrays, kind = _load_arrays(name, str(data_dir) if data_dir else None, _cache_key(name))
+    # torch.tensor copies: callers may change their tensors without touching the cache.
+    return {split: torch.tensor(a, dtype=torch.float32) for split, a in arrays.items()}, kind
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | None = None) -> torch.Tensor:

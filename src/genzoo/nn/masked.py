@@ -22,7 +22,8 @@ class MaskedLinear(nn.Linear):
     def set_mask(self, mask: torch.Tensor) -> None:
         if mask.shape != self.weight.shape:
             raise ValueError(f"mask has shape {tuple(mask.shape)}, weight has {tuple(self.weight.shape)}")
-        self.mask.copy_(mask)
+        # A new tensor, not copy_(): a graph built under the previous mask still needs that mask.
+        self.mask = mask.to(self.mask.device, self.mask.dtype).clone()
 
     def masked_weight(self) -> torch.Tensor:
         return self.weight * self.mask

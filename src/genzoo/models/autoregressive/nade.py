@@ -52,7 +52,8 @@ class _NADELogits(torch.autograd.Function):
     and memory O(chunk · D · H)):
 
         ∂L/∂V_d = Σ_b g_bd h_bd,   δ_bd = g_bd V_d ⊙ h_bd ⊙ (1 − h_bd),
-        ∂L/∂c = Σ_{b,d} δ_bd,       ∂L/∂W_{:,j} = Σ_b x_bj Σ_{d>j} δ_bd.
+        ∂L/∂c = Σ_{b,d} δ_bd,       ∂L/∂W_{:,j} = Σ_b x_bj Σ_{d>j} δ_bd,
+        ∂L/∂x_bj = W_{:,j} · Σ_{d>j} δ_bd   (only when x requires a gradient).
     """
 
     @staticmethod
@@ -69,6 +70,7 @@ class _NADELogits(torch.autograd.Function):
     def backward(ctx, grad_logits):
         x, W, c, V = ctx.saved_tensors
         dW, dc, dV = torch.zeros_like(W), torch.zeros_like(c), torch.zeros_like(V)
+        dx = [] if ctx.needs_input_grad[0] else None
         for x_chunk, g_chunk in zip(x.split(ctx.chunk_size), grad_logits.split(ctx.chunk_size)):
             x_t, g_t = x_chunk.t(), g_chunk.t().contiguous()
             h = hidden_states(x_t, W, c)
@@ -78,7 +80,10 @@ class _NADELogits(torch.autograd.Function):
             dc += total.sum(0)
             later = delta.cumsum(0).neg_().add_(total)  # Σ_{d>j} δ_d
             dW += torch.bmm(x_t.contiguous().unsqueeze(1), later).squeeze(1).t()
-        return None, dW, dc, dV, grad_logits.sum(0), None
+            if dx is not None:
+                dx.append(torch.bmm(later, W.t().unsqueeze(-1)).squeeze(-1).t())
+        dx = torch.cat(dx) if dx is not None else None
+        return dx, dW, dc, dV, grad_logits.sum(0), None
 
 
 @register_model("nade", NADEConfig)

@@ -1,0 +1,341 @@
+"""The ``genzoo`` command line, end to end on the small digits data set (in-process, except one
+subprocess call of the installed console script)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import genzoo
+from genzoo.checkpoint import load_checkpoint, model_from_checkpoint
+from genzoo.cli import main
+from genzoo.config import load_run_config
+from genzoo.evaluation import evaluate
+from genzoo.training import RunFolder
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """`genzoo train made --data digits --epochs 2 -p hidden_sizes=[32] --out RUN --quiet`, once."""
+    run = tmp_path_factory.mktemp("cli") / "run"
+    code = main(["train", "made", "--data", "digits", "--epochs", "2", "-p", "hidden_sizes=[32]",
+                 "--out", str(run), "--quiet"])
+    assert code == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A private copy of the trained run, for tests that change it."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    return copy
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {err!r}"
+    assert lines[0].startswith("genzoo: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# -- train --------------------------------------------------------------------------------------------
+
+
+def test_train_writes_a_run_folder(trained_run):
+    run = RunFolder(trained_run)
+    config = load_run_config(run.config)
+    assert config.model == {"name": "made", "hidden_sizes": [32]}
+    assert config.data.name == "digits" and config.train.epochs == 2
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
+    assert run.best.is_file() and run.last.is_file() and run.loss_curve.is_file()
+    model = model_from_checkpoint(load_checkpoint(run.last))
+    assert model.name == "made" and model.config.hidden_sizes == (32,) and model.data_shape == (1, 8, 8)
+
+
+def test_train_prints_a_summary(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "fvsbn", "--data", "digits", "--epochs", "1", "--out", str(run), "--quiet",
+                 "--seed", "3", "--batch-size", "300", "--lr", "0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "trained fvsbn for 1 epochs (completed all epochs)" in out and str(run) in out
+    config = load_run_config(RunFolder(run).config)
+    assert (config.train.seed, config.train.batch_size, config.train.lr) == (3, 300, 0.02)
+
+
+def test_train_from_a_config_file_with_overrides(tmp_path):
+    config_file = tmp_path / "made.toml"
+    config_file.write_text('[model]\nname = "made"\nhidden_sizes = [16]\nnum_masks = 2\n\n'
+                           '[data]\nname = "digits"\n\n[train]\nepochs = 3\nlr = 0.005\n')
+    run = tmp_path / "run"
+    assert main(["train", "made", "--config", str(config_file), "--epochs", "1", "-p", "order_agnostic=true",
+                 "--out", str(run), "--quiet"]) == 0
+    config = load_run_config(RunFolder(run).config)
+    assert config.model == {"name": "made", "hidden_sizes": [16], "num_masks": 2, "order_agnostic": True}
+    assert config.train.epochs == 1 and config.train.lr == 0.005
+    assert [r["lr"] for r in RunFolder(run).read_metrics()] == [0.005]
+
+
+def test_train_resume(run_copy, capsys):
+    assert main(["train", "made", "--out", str(run_copy), "--resume", "--epochs", "3", "--quiet"]) == 0
+    assert "trained made for 3 epochs" in capsys.readouterr().out
+    assert [r["epoch"] for r in RunFolder(run_copy).read_metrics()] == [1, 2, 3]
+    assert load_checkpoint(RunFolder(run_copy).last)["epoch"] == 3
+
+
+# -- eval ---------------------------------------------------------------------------------------------
+
+
+def test_eval(trained_run, capsys):
+    assert main(["eval", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert "test NLL =" in out and "nats" in out and "bits/dim" in out and "exact" in out
+    record = json.loads((trained_run / "eval_test.json").read_text())
+    assert record["likelihood"] == "exact" and record["split"] == "test" and record["checkpoint"] == "best"
+    assert record["model"] == "made" and record["dataset"] == "digits" and record["num_examples"] == 180
+    assert record["bits_per_dim"] == pytest.approx(record["nll_nats"] / (64 * math.log(2)), rel=1e-12)
+    assert f"{record['nll_nats']:.2f}" in out
+    # the reported number is the model's NLL on the test split
+    model = model_from_checkpoint(load_checkpoint(RunFolder(trained_run).best))
+    test = genzoo.load_dataset("digits", "test")
+    assert record["nll_nats"] == pytest.approx(evaluate(model, test.reshape(180, -1)).nll_nats, rel=1e-6)
+
+
+def test_eval_last_checkpoint_on_valid_matches_the_training_record(trained_run):
+    assert main(["eval", str(trained_run), "--split", "valid", "--checkpoint", "last", "--batch-size", "64"]) == 0
+    record = json.loads((trained_run / "eval_valid.json").read_text())
+    assert record["epoch"] == 2
+    assert record["nll_nats"] == pytest.approx(RunFolder(trained_run).read_metrics()[-1]["valid_nll"], rel=1e-6)
+
+
+def test_eval_of_a_missing_run(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "no-such-run")]) == 2
+    line = _error_line(capsys)
+    assert "no-such-run" in line and "does not exist" in line
+
+
+def test_eval_of_a_corrupt_checkpoint(run_copy, capsys):
+    RunFolder(run_copy).best.write_bytes(b"\x00garbage" * 64)
+    assert main(["eval", str(run_copy)]) == 2
+    assert "corrupt" in _error_line(capsys)
+
+
+def test_eval_of_a_run_without_checkpoints(tmp_path, capsys):
+    (tmp_path / "empty-run").mkdir()
+    assert main(["eval", str(tmp_path / "empty-run")]) == 2
+    assert "does not exist" in _error_line(capsys)
+
+
+# -- sample -------------------------------------------------------------------------------------------
+
+
+def test_sample(trained_run, tmp_path, capsys):
+    png = tmp_path / "OUT.png"
+    assert main(["sample", str(trained_run), "-n", "9", "--out", str(png)]) == 0
+    assert "drew 9 samples" in capsys.readouterr().out
+    with Image.open(png) as image:
+        assert image.format == "PNG"
+        image.load()
+        assert image.size == (128, 128)  # a 3x3 grid of 8x8 digits, 2-pixel padding, zoom 4
+    x = np.load(tmp_path / "OUT.npy")
+    assert x.shape == (9, 1, 8, 8) and x.dtype == np.uint8
+    assert set(np.unique(x)) <= {0, 1}
+    assert 0 < x.mean() < 1
+
+
+def test_sample_is_reproducible_and_naive_equals_fast(trained_run, tmp_path):
+    def draw(name, *extra):
+        png = tmp_path / f"{name}.png"
+        assert main(["sample", str(trained_run), "-n", "16", "--out", str(png), *extra]) == 0
+        return np.load(png.with_suffix(".npy"))
+
+    fast = draw("fast", "--seed", "7")
+    assert np.array_equal(draw("again", "--seed", "7"), fast)
+    assert np.array_equal(draw("naive", "--seed", "7", "--sampler", "naive"), fast)
+    assert not np.array_equal(draw("other", "--seed", "8"), fast)
+
+
+def test_sample_defaults_to_the_run_folder(run_copy):
+    assert main(["sample", str(run_copy), "-n", "4", "--checkpoint", "last"]) == 0
+    assert (run_copy / "samples.png").is_file()
+    assert np.load(run_copy / "samples.npy").shape == (4, 1, 8, 8)
+
+
+def test_sample_needs_at_least_one(trained_run, tmp_path, capsys):
+    assert main(["sample", str(trained_run), "-n", "0", "--out", str(tmp_path / "x.png")]) == 2
+    assert "-n must be at least 1" in _error_line(capsys)
+
+
+# -- list ---------------------------------------------------------------------------------------------
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "models:" in out and "data sets:" in out
+    for name in genzoo.list_models() + genzoo.list_datasets():
+        assert f"  {name}" in out
+    assert "1437/180/180" in out and "1x8x8" in out
+
+
+# -- errors: exit code 2, one line on stderr ----------------------------------------------------------
+
+
+def test_unknown_model(tmp_path, capsys):
+    assert main(["train", "gpt", "--data", "digits", "--out", str(tmp_path / "run")]) == 2
+    line = _error_line(capsys)
+    assert "unknown model 'gpt'" in line and "made" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_dataset(tmp_path, capsys):
+    assert main(["train", "made", "--data", "cifar", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "unknown data set 'cifar'" in _error_line(capsys)
+
+
+def test_unknown_param(tmp_path, capsys):
+    assert main(["train", "made", "--data", "digits", "-p", "hiden_sizes=[8]", "--out", str(tmp_path / "run"),
+                 "--quiet"]) == 2
+    assert "unknown key 'hiden_sizes'" in _error_line(capsys)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bad_param_value(tmp_path, capsys):
+    assert main(["train", "made", "--data", "digits", "-p", "num_masks=0", "--out", str(tmp_path / "run"),
+                 "--quiet"]) == 2
+    assert "num_masks" in _error_line(capsys)
+
+
+def test_param_without_equals_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "made", "-p", "hidden_sizes"])
+    assert info.value.code == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[train\nepochs = 2\n", "not valid TOML"),
+        ("[train]\nepochs = 0\n", "epochs"),
+        ("[train]\nlr = \"x\"\n", "lr"),
+        ("[optimizer]\nlr = 0.1\n", "unknown table [optimizer]"),
+        ('[model]\nname = "nade"\n', "configures model 'nade'"),
+    ],
+    ids=["invalid-toml", "bad-epochs", "bad-lr", "unknown-table", "other-model"],
+)
+def test_bad_config_file(tmp_path, capsys, text, expected):
+    config_file = tmp_path / "bad.toml"
+    config_file.write_text(text)
+    assert main(["train", "made", "--config", str(config_file), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert expected in _error_line(capsys)
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["train", "made", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "run")]) == 2
+    assert "does not exist" in _error_line(capsys)
+
+
+def test_training_over_an_existing_run(trained_run, capsys):
+    before = RunFolder(trained_run).last.read_bytes()
+    assert main(["train", "made", "--data", "digits", "--epochs", "1", "--out", str(trained_run), "--quiet"]) == 2
+    assert "already holds a run" in _error_line(capsys)
+    assert RunFolder(trained_run).last.read_bytes() == before
+
+
+def test_overwrite_starts_afresh(run_copy, capsys):
+    assert main(["eval", str(run_copy)]) == 0
+    assert (run_copy / "eval_test.json").is_file()
+    capsys.readouterr()
+    assert main(["train", "fvsbn", "--data", "digits", "--epochs", "1", "--out", str(run_copy), "--overwrite",
+                 "--quiet"]) == 0
+    run = RunFolder(run_copy)
+    assert [r["epoch"] for r in run.read_metrics()] == [1]
+    assert load_run_config(run.config).model == {"name": "fvsbn"}
+    assert load_checkpoint(run.last)["config"]["model"] == {"name": "fvsbn"}
+    assert not (run_copy / "eval_test.json").exists(), "a stale evaluation of the old run survived"
+
+
+def test_resume_and_overwrite_contradict(run_copy, capsys):
+    before = RunFolder(run_copy).last.read_bytes()
+    assert main(["train", "made", "--out", str(run_copy), "--resume", "--overwrite"]) == 2
+    assert "contradict" in _error_line(capsys)
+    assert RunFolder(run_copy).last.read_bytes() == before
+
+
+def test_a_failing_overwrite_keeps_the_old_run(run_copy, capsys):
+    run = RunFolder(run_copy)
+    before = run.last.read_bytes()
+    assert main(["train", "made", "--data", "digits", "-p", "hiden_sizes=[8]", "--out", str(run_copy),
+                 "--overwrite", "--quiet"]) == 2
+    assert "unknown key 'hiden_sizes'" in _error_line(capsys)
+    assert run.last.is_file() and run.last.read_bytes() == before
+    assert len(run.read_metrics()) == 2
+
+
+def test_resume_needs_out(capsys):
+    assert main(["train", "made", "--resume"]) == 2
+    assert "--resume needs --out" in _error_line(capsys)
+
+
+def test_8bit_data_without_binarization(tmp_path, capsys):
+    data = tmp_path / "gray.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (30, 8, 8)).astype(np.uint8))
+    assert main(["train", "nade", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "binarization" in _error_line(capsys)
+    # and with it, training works
+    assert main(["train", "nade", "--data", str(data), "--binarization", "dynamic", "--epochs", "1",
+                 "-p", "hidden_size=4", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+
+
+def test_invalid_data_file(tmp_path, capsys):
+    data = tmp_path / "half.csv"
+    data.write_text("0,1\n1,0.5\n0,0\n")
+    assert main(["train", "fvsbn", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    line = _error_line(capsys)
+    assert "row 1" in line and "0.5" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda(tmp_path, capsys):
+    assert main(["train", "made", "--data", "digits", "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    assert "no CUDA device" in _error_line(capsys)
+
+
+# -- help ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["sample"], ["list"]], ids=lambda c: c[0] if c else "top")
+def test_help(capsys, command):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: genzoo")
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "usage: genzoo" in capsys.readouterr().err
+
+
+def test_installed_console_script():
+    script = Path(sys.executable).parent / "genzoo"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "genzoo.cli"]
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "usage: genzoo" in result.stdout
+    for name in ("train", "eval", "sample", "list"):
+        assert name in result.stdout

@@ -1,0 +1,333 @@
+"""The Trainer: run folders, exact resume, seeding, early stopping, schedules, data checks."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import genzoo.training
+from conftest import tiny_run_config
+from genzoo.checkpoint import CheckpointError, load_checkpoint
+from genzoo.config import load_run_config
+from genzoo.data import DataError
+from genzoo.training import RunFolder, Trainer
+
+#: metrics that measure wall-clock time, which two identical runs do not share
+TIMING_KEYS = {"epoch_seconds", "examples_per_second"}
+METRIC_KEYS = {"epoch", "train_loss", "valid_nll", "valid_bits_per_dim", "lr"} | TIMING_KEYS
+
+
+def _fit(config, run_dir, **kwargs):
+    return Trainer(config, run_dir, progress=False, **kwargs).fit()
+
+
+def _untimed(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+def _assert_same_optimizer(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for index in a["state"]:
+        for key, value in a["state"][index].items():
+            assert torch.equal(value, b["state"][index][key]), f"optimizer state {index}.{key} differs"
+
+
+def test_run_folder_contents(tmp_path):
+    config = tiny_run_config("made", epochs=2, lr=1e-2, seed=3)
+    run_dir = tmp_path / "run"
+    result = _fit(config, run_dir)
+    run = RunFolder(run_dir)
+
+    assert load_run_config(run.config).to_dict() == config.to_dict()
+    records = run.read_metrics()
+    assert [r["epoch"] for r in records] == [1, 2]
+    lines = run.metrics.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line) == r for line, r in zip(lines, records))
+    for r in records:
+        assert set(r) == METRIC_KEYS
+        assert all(math.isfinite(v) for v in r.values())
+        assert r["valid_bits_per_dim"] == pytest.approx(r["valid_nll"] / (64 * math.log(2)), rel=1e-12)
+        assert r["lr"] == 1e-2
+        assert r["epoch_seconds"] > 0 and r["examples_per_second"] > 0
+    # it learns: better than the uniform distribution's 64 ln 2 nats
+    assert records[-1]["valid_nll"] < 64 * math.log(2) - 5
+
+    for path in (run.best, run.last):
+        payload = load_checkpoint(path)
+        assert payload["data_shape"] == [1, 8, 8]
+        assert payload["config"] == config.to_dict()
+    last = load_checkpoint(run.last)
+    assert last["epoch"] == 2
+    best_epoch = min(records, key=lambda r: r["valid_nll"])["epoch"]
+    assert load_checkpoint(run.best)["epoch"] == best_epoch
+    with Image.open(run.loss_curve) as image:
+        image.verify()
+        assert image.format == "PNG"
+    assert not list(run_dir.rglob("*.tmp"))
+
+    assert result.epochs_completed == 2
+    assert result.best_epoch == best_epoch
+    assert result.best_valid_nll == min(r["valid_nll"] for r in records)
+    assert result.stopped_because == "completed all epochs"
+    # the returned model is the best checkpoint's, and scores the recorded NLL on valid
+    valid = genzoo.load_dataset("digits", "valid")
+    from genzoo.evaluation import evaluate
+
+    assert evaluate(result.model, valid.reshape(len(valid), -1)).nll_nats == pytest.approx(result.best_valid_nll, rel=1e-9)
+
+
+RESUME_CASES = [
+    # (model, hyperparameters, batch size, epochs before the interruption): with 1437 training
+    # examples, batch 100 gives 15 steps an epoch and batch 110 gives 14, so the MADE mask cycle
+    # is mid-way (step % K != 0) at the interruption and a lost training_step would show
+    pytest.param("made", {"hidden_sizes": [16], "num_masks": 2}, 100, 1, id="made-2masks"),
+    pytest.param("made", {"hidden_sizes": [16], "num_masks": 3}, 110, 2, id="made-3masks"),
+    pytest.param("nade", {"hidden_size": 8}, 100, 2, id="nade"),
+]
+
+
+@pytest.mark.parametrize("model, hp, batch_size, first_epochs", RESUME_CASES)
+def test_resume_is_exact(tmp_path, model, hp, batch_size, first_epochs):
+    """4 epochs in one go equal `first_epochs` epochs and then a resume to 4, bit for bit."""
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    _fit(tiny_run_config(model, epochs=4, model_hp=hp, batch_size=batch_size, lr=3e-3), run_a)
+    _fit(tiny_run_config(model, epochs=first_epochs, model_hp=hp, batch_size=batch_size, lr=3e-3), run_b)
+    interrupted = load_checkpoint(RunFolder(run_b).last)
+    assert interrupted["epoch"] == first_epochs
+    if "num_masks" in hp:
+        assert int(interrupted["model"]["training_step"]) % hp["num_masks"] != 0, "the check is vacuous"
+
+    result = Trainer.resume(run_b, epochs=4, progress=False).fit()
+    assert result.epochs_completed == 4
+
+    a, b = load_checkpoint(RunFolder(run_a).last), load_checkpoint(RunFolder(run_b).last)
+    assert a["epoch"] == b["epoch"] == 4
+    _assert_same_state(a["model"], b["model"])
+    _assert_same_optimizer(a["optimizer"], b["optimizer"])
+    assert a["best_epoch"] == b["best_epoch"] and a["best_valid_nll"] == b["best_valid_nll"]
+    assert torch.equal(a["rng"]["data_order"], b["rng"]["data_order"])
+    _assert_same_state(load_checkpoint(RunFolder(run_a).best)["model"], load_checkpoint(RunFolder(run_b).best)["model"])
+
+    records_a, records_b = RunFolder(run_a).read_metrics(), RunFolder(run_b).read_metrics()
+    assert [r["epoch"] for r in records_b] == [1, 2, 3, 4]
+    assert _untimed(records_a) == _untimed(records_b)
+
+
+def test_resume_is_exact_with_dynamic_binarization(tmp_path):
+    """The per-epoch Bernoulli draws come from the checkpointed data-order generator."""
+    data = tmp_path / "gray.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (300, 4, 4)).astype(np.uint8))
+    common = dict(model_hp={"hidden_size": 6}, data=str(data), binarization="dynamic", batch_size=32, lr=1e-2)
+    _fit(tiny_run_config("nade", epochs=3, **common), tmp_path / "a")
+    _fit(tiny_run_config("nade", epochs=1, **common), tmp_path / "b")
+    Trainer.resume(tmp_path / "b", epochs=3, progress=False).fit()
+    a, b = load_checkpoint(RunFolder(tmp_path / "a").last), load_checkpoint(RunFolder(tmp_path / "b").last)
+    _assert_same_state(a["model"], b["model"])
+    assert _untimed(RunFolder(tmp_path / "a").read_metrics()) == _untimed(RunFolder(tmp_path / "b").read_metrics())
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_mid_epoch_is_exact(tmp_path, monkeypatch):
+    """A run with a cosine schedule dies during epoch 3; resuming reproduces the uninterrupted run
+    (the half-done epoch 3 is redone from the epoch-2 checkpoint)."""
+    hp = {"hidden_sizes": [16], "num_masks": 3}
+    config = dict(model_hp=hp, batch_size=110, lr=1e-2, lr_schedule="cosine", grad_clip=5.0, seed=4)
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    _fit(tiny_run_config("made", epochs=4, **config), run_a)
+
+    real_evaluate = genzoo.training.evaluate
+    calls = {"n": 0}
+
+    def crashing_evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Crash("power cut")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(genzoo.training, "evaluate", crashing_evaluate)
+    with pytest.raises(_Crash):
+        _fit(tiny_run_config("made", epochs=4, **config), run_b)
+    monkeypatch.undo()
+    assert load_checkpoint(RunFolder(run_b).last)["epoch"] == 2
+
+    Trainer.resume(run_b, progress=False).fit()
+    a, b = load_checkpoint(RunFolder(run_a).last), load_checkpoint(RunFolder(run_b).last)
+    _assert_same_state(a["model"], b["model"])
+    _assert_same_optimizer(a["optimizer"], b["optimizer"])
+    assert _untimed(RunFolder(run_a).read_metrics()) == _untimed(RunFolder(run_b).read_metrics())
+
+
+def test_resume_drops_metrics_the_checkpoint_does_not_hold(tmp_path):
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("made", epochs=2), run_dir)
+    run = RunFolder(run_dir)
+    with open(run.metrics, "a") as f:  # a crash between the metrics write and the checkpoint
+        f.write(json.dumps({"epoch": 3, "train_loss": 0.0, "valid_nll": 0.0}) + "\n")
+    Trainer.resume(run_dir, epochs=3, progress=False).fit()
+    records = run.read_metrics()
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[-1]["valid_nll"] > 0
+
+
+def test_same_seed_same_weights_different_seed_different_weights(tmp_path):
+    states = {}
+    for name, seed in [("a", 5), ("b", 5), ("c", 6)]:
+        _fit(tiny_run_config("made", epochs=1, seed=seed), tmp_path / name)
+        states[name] = load_checkpoint(RunFolder(tmp_path / name).last)["model"]
+    _assert_same_state(states["a"], states["b"])
+    assert any(not torch.equal(states["a"][k], states["c"][k]) for k in states["a"])
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path):
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
+    before = RunFolder(run_dir).last.read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
+    assert RunFolder(run_dir).last.read_bytes() == before
+    assert len(RunFolder(run_dir).read_metrics()) == 1
+
+
+def test_early_stopping(tmp_path):
+    """With a learning rate far below float32 resolution the weights never change, so validation
+    never improves after epoch 1 and patience 2 stops the run after epoch 3."""
+    run_dir = tmp_path / "run"
+    result = _fit(tiny_run_config("made", epochs=10, lr=1e-30, patience=2), run_dir)
+    records = RunFolder(run_dir).read_metrics()
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert len({r["valid_nll"] for r in records}) == 1, "the weights changed: the setting is not what the test assumes"
+    assert result.epochs_completed == 3
+    assert result.best_epoch == 1
+    assert result.stopped_because == "no better validation NLL in 2 epochs"
+    last = load_checkpoint(RunFolder(run_dir).last)
+    assert last["epoch"] == 3 and last["epochs_without_improvement"] == 2
+    assert load_checkpoint(RunFolder(run_dir).best)["epoch"] == 1
+
+    # resuming a run that has stopped early does not train further
+    again = Trainer.resume(run_dir, epochs=20, progress=False).fit()
+    assert again.stopped_because == "no better validation NLL in 2 epochs"
+    assert again.epochs_completed == 3
+    assert len(RunFolder(run_dir).read_metrics()) == 3
+
+
+def test_no_early_stopping_without_patience(tmp_path):
+    result = _fit(tiny_run_config("made", epochs=4, lr=1e-30, patience=0), tmp_path / "run")
+    assert result.epochs_completed == 4 and result.stopped_because == "completed all epochs"
+
+
+def test_max_seconds_stops_after_the_first_epoch(tmp_path):
+    result = _fit(tiny_run_config("fvsbn", epochs=5, max_seconds=1e-9), tmp_path / "run")
+    assert result.epochs_completed == 1
+    assert result.stopped_because.startswith("reached max_seconds")
+
+
+@pytest.mark.parametrize(
+    "schedule, extra, expected",
+    [
+        ("constant", {}, [0.01, 0.01, 0.01]),
+        ("exponential", {"lr_decay": 0.5}, [0.005, 0.0025, 0.00125]),
+        ("cosine", {}, [0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in (1, 2, 3)]),
+    ],
+)
+def test_learning_rate_schedules(tmp_path, schedule, extra, expected):
+    config = tiny_run_config("fvsbn", epochs=3, lr=0.01, lr_schedule=schedule, batch_size=500, **extra)
+    _fit(config, tmp_path / "run")
+    lrs = [r["lr"] for r in RunFolder(tmp_path / "run").read_metrics()]
+    assert lrs == pytest.approx(expected, rel=1e-12, abs=1e-15)
+
+
+def test_binary_model_on_8bit_data_needs_binarization(tmp_path):
+    data = tmp_path / "gray.npy"
+    np.save(data, np.random.default_rng(0).integers(0, 256, (40, 8, 8)).astype(np.uint8))
+    run_dir = tmp_path / "run"
+    with pytest.raises(DataError) as info:
+        _fit(tiny_run_config("made", epochs=1, data=str(data)), run_dir)
+    message = str(info.value)
+    assert "binarization" in message and "8-bit" in message and "\n" not in message
+    assert not RunFolder(run_dir).last.exists()
+
+    result = _fit(tiny_run_config("made", epochs=1, data=str(data), binarization="dynamic"), run_dir)
+    assert result.epochs_completed == 1
+    assert load_checkpoint(RunFolder(run_dir).last)["data_shape"] == [1, 8, 8]
+
+
+def test_a_non_finite_loss_stops_training(tmp_path, monkeypatch):
+    from genzoo.models.autoregressive import FVSBN
+
+    monkeypatch.setattr(FVSBN, "loss", lambda self, x: self.linear.bias.sum() * float("nan"))
+    with pytest.raises(FloatingPointError, match="training loss became nan at epoch 1"):
+        _fit(tiny_run_config("fvsbn", epochs=2), tmp_path / "run")
+    assert not RunFolder(tmp_path / "run").last.exists()
+
+
+def test_config_without_a_model_name(tmp_path):
+    config = tiny_run_config("made")
+    config.model.pop("name")
+    with pytest.raises(ValueError, match="names no model"):
+        Trainer(config, tmp_path / "run")
+
+
+def test_unknown_hyperparameter_fails_before_the_run_folder_is_made(tmp_path):
+    config = tiny_run_config("made", model_hp={"hidden_sizes": [8], "dropout": 0.1})
+    with pytest.raises(ValueError, match="unknown key 'dropout'"):
+        _fit(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_a_new_total_records_it(tmp_path):
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
+    Trainer.resume(run_dir, epochs=2, progress=False).fit()
+    assert load_run_config(RunFolder(run_dir).config).train.epochs == 2
+    # a later plain resume keeps the new total: nothing is left to do
+    result = Trainer.resume(run_dir, progress=False).fit()
+    assert result.epochs_completed == 2
+    assert [r["epoch"] for r in RunFolder(run_dir).read_metrics()] == [1, 2]
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        Trainer.resume(run_dir, epochs=0)
+
+
+def test_run_folder_discard(tmp_path):
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
+    (run_dir / "eval_test.json").write_text("{}")
+    (run_dir / "notes.txt").write_text("mine")
+    RunFolder(run_dir).discard()
+    left = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    assert left == ["config.toml", "notes.txt"]
+    _fit(tiny_run_config("fvsbn", epochs=1), run_dir)  # no FileExistsError after a discard
+
+
+def test_resume_without_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Trainer.resume(tmp_path / "nothing-here")
+
+
+def test_resume_without_the_config(tmp_path):
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
+    RunFolder(run_dir).config.unlink()
+    with pytest.raises(CheckpointError, match="config.toml is missing"):
+        Trainer.resume(run_dir)
+
+
+def test_run_folder_checkpoint_names(tmp_path):
+    run = RunFolder(tmp_path)
+    assert run.checkpoint() == run.best and run.checkpoint("last") == run.last
+    with pytest.raises(ValueError, match="unknown checkpoint 'first'"):
+        run.checkpoint("first")
+    assert run.read_metrics() == []

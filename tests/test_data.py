@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import urllib.error
 
 import numpy as np
 import pytest

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genzoo.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from genzoo.checkpoint import load_checkpoint, model_from_checkpoint
 from genzoo.config import ConfigError, RunConfig, load_run_config, run_config_from_dict, tomllib
-from genzoo.data import DATASETS, DataError, make_training_data
+from genzoo.data import DATASETS, make_training_data
 from genzoo.devices import resolve_device
 from genzoo.evaluation import evaluate
 from genzoo.images import save_image_grid

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from genzoo.data import sources
-from genzoo.data.download import DataError, data_dir
+from genzoo.data.download import DataError
 from genzoo.data.files import USER_FILE_SUFFIXES, infer_kind, load_user_file
 
 __all__ = ["DatasetInfo", "DATASETS", "list_datasets", "dataset_info", "load_dataset", "load_splits", "SPLITS"]
@@ -99,7 +99,3 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None) -
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     splits, _ = load_splits(name, data_dir)
     return splits[split]
-
-
-def describe_data_dir(folder: str | None = None) -> Path:
-    return data_dir(folder)

@@ -55,7 +55,7 @@ def run_one(model: str, protocol: str, args: argparse.Namespace, device: torch.d
         trainer = Trainer.resume(run_dir, device, args.data_dir, None, epochs=config.train.epochs)
         trainer.config.train.max_seconds = config.train.max_seconds
     result = trainer.fit()
-    data_test = trainer._load_data().test
+    data_test = result.data.test
     tic = time.perf_counter()
     evaluation = evaluate(result.model, data_test.reshape(len(data_test), -1), "test", batch_size=500, progress=None)
     record = {

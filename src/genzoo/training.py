@@ -81,6 +81,7 @@ class TrainResult:
     best_valid_nll: float
     train_seconds: float
     stopped_because: str
+    data: TrainingData  # the splits the run used (valid/test as evaluated)
 
 
 def make_optimizer(model: GenerativeModel, config: RunConfig) -> torch.optim.Optimizer:
@@ -140,10 +141,6 @@ class Trainer:
         return trainer
 
     # -- set-up -------------------------------------------------------------------------
-    def _load_data(self) -> TrainingData:
-        data = make_training_data(self.config.data, self.data_dir)
-        return data
-
     def _build_model(self, data: TrainingData) -> GenerativeModel:
         model = build_model(self.config.model_name, data.data_shape, **self.config.model_hyperparameters)
         if model.support == "binary" and data.kind != "binary":
@@ -158,7 +155,7 @@ class Trainer:
         cfg = self.config
         train_cfg = cfg.train
         seed_everything(train_cfg.seed)
-        data = self._load_data()
+        data = make_training_data(self.config.data, self.data_dir)
         model = self._build_model(data)
         optimizer = make_optimizer(model, self.config)
         scheduler = make_scheduler(optimizer, cfg)
@@ -241,7 +238,7 @@ class Trainer:
         if records:
             save_loss_curve(records, self.run.loss_curve, title=f"{cfg.model_name} on {cfg.data.name}")
         best = model_from_checkpoint(load_checkpoint(self.run.best), self.run.best).to(self.device)
-        return TrainResult(best, epoch, best_epoch, best_nll, seconds, stopped_because)
+        return TrainResult(best, epoch, best_epoch, best_nll, seconds, stopped_because, data)
 
     def _train_one_epoch(self, model: GenerativeModel, optimizer: torch.optim.Optimizer, train_x: torch.Tensor,
                          data_order: torch.Generator, epoch: int) -> float:

@@ -39,6 +39,7 @@ EXTRA_VARIANTS: list[tuple[str, dict]] = [
     ("made", {"hidden_sizes": [16, 16], "num_masks": 1, "order_agnostic": True}),
     ("made", {"hidden_sizes": [16, 16], "num_masks": 3, "order_agnostic": True}),
     ("made", {"hidden_sizes": [12], "num_masks": 2}),
+    ("nade", {"hidden_size": 8, "backend": "torch"}),  # float32 NADE otherwise runs the C kernel
 ]
 
 

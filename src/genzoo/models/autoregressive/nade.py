@@ -8,6 +8,11 @@ Because a_d = c + W_{:,<d} x_<d grows by one column per step (a_{d+1} = a_d + W_
 all D hidden states cost O(DH) — here a cumulative sum over d — and sampling updates a_d in
 place, O(DH) per sample instead of the O(D²H) of re-running the network per dimension.
 
+Two implementations of the same logits: ``_NADELogits`` below, in PyTorch (any device and
+dtype; the reference), and a fused C kernel (``genzoo/kernels/nade.c``) used for float32 on
+the CPU, which keeps a_d in L1 cache for one example at a time and never materializes the
+(B, D, H) activations — about 7× faster to train on a 2-core CPU than a per-dimension loop.
+
 References: Larochelle & Murray, "The Neural Autoregressive Distribution Estimator"
 (AISTATS 2011); Uria, Côté, Gregor, Murray & Larochelle, "Neural Autoregressive Distribution
 Estimation" (JMLR 2016).
@@ -20,21 +25,28 @@ import torch
 from torch import nn
 
 from genzoo.config import require
+from genzoo.kernels.nade import NADELogitsKernel, nade_kernel_available
 from genzoo.models.autoregressive.base import BernoulliAutoregressive
 from genzoo.models.base import register_model
 
 __all__ = ["NADE", "NADEConfig"]
 
+BACKENDS = ("auto", "kernel", "torch")
+
 
 @dataclass
 class NADEConfig:
     hidden_size: int = 500
-    #: examples per chunk of the O(B·D·H) hidden-state tensor, to bound memory
+    #: examples per chunk of the O(B·D·H) hidden-state tensor, to bound memory (PyTorch path)
     chunk_size: int = 8
+    #: "auto": the fused C kernel (genzoo.kernels) for float32 on the CPU where it compiles, else
+    #: PyTorch; "kernel": insist on the kernel; "torch": the reference PyTorch code only
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         require(self.hidden_size >= 1, f"nade: hidden_size must be at least 1, got {self.hidden_size}")
         require(self.chunk_size >= 1, f"nade: chunk_size must be at least 1, got {self.chunk_size}")
+        require(self.backend in BACKENDS, f"nade: backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
 
 
 def hidden_states(x_t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -98,6 +110,12 @@ class NADE(BernoulliAutoregressive):
         self.b = nn.Parameter(torch.zeros(D))
 
     def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.backend != "torch":
+            if nade_kernel_available(x, self.W):
+                return NADELogitsKernel.apply(x, self.W, self.c, self.V, self.b)
+            if self.config.backend == "kernel":
+                raise RuntimeError("nade: backend 'kernel' needs float32 tensors on the CPU and a C compiler; "
+                                   "use backend = 'auto' to fall back to PyTorch")
         return _NADELogits.apply(x, self.W, self.c, self.V, self.b, self.config.chunk_size)
 
     @torch.no_grad()

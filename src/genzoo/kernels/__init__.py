@@ -1,0 +1,110 @@
+"""Small fused CPU kernels in plain C, compiled once per machine with the system C compiler.
+
+A kernel is a ``.c`` file beside this module. :func:`load` compiles it into a shared library in
+the genzoo cache folder (keyed by the source, the flags, the compiler and the CPU, so a cached
+library is never run on a machine it was not built for) and opens it with :mod:`ctypes`; calls
+through ctypes release the GIL, so Python threads run kernel slices in parallel. Nothing here is
+required: with no C compiler, or with ``GENZOO_KERNELS=0``, :func:`load` returns ``None`` and the
+models fall back to their pure-PyTorch code, which is also the reference the kernels are tested
+against.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+__all__ = ["load", "kernels_enabled", "thread_pool", "pointer"]
+
+# -ffast-math is avoided on purpose: linking with it can switch the whole process to
+# flush-to-zero. These are the parts of it the kernels need (vectorized reductions, reciprocals).
+_OPTIMIZE = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
+             "-fassociative-math", "-freciprocal-math", "-ffinite-math-only"]
+_FLAG_SETS = [
+    _OPTIMIZE + ["-march=native", "-mrecip=all"],  # x86 with gcc or clang
+    _OPTIMIZE + ["-mcpu=native"],                  # arm64
+    _OPTIMIZE,
+]
+
+
+def kernels_enabled() -> bool:
+    return os.environ.get("GENZOO_KERNELS", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def _compiler() -> str | None:
+    for candidate in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    return None
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _cache_folder() -> Path:
+    from genzoo.data.download import data_dir  # the one genzoo cache folder
+
+    return Path(os.environ.get("GENZOO_KERNEL_CACHE", data_dir() / "kernels"))
+
+
+def _build(source: Path, compiler: str, flags: list[str], target: Path) -> bool:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    command = [compiler, *flags, "-shared", "-fPIC", str(source), "-o", tmp, "-lm"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        os.unlink(tmp)
+        return False
+    os.replace(tmp, target)  # atomic: a concurrent build never leaves a half-written library
+    return True
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> ctypes.CDLL | None:
+    """The compiled kernel ``name`` (``kernels/<name>.c``), or None where it cannot be built."""
+    if not kernels_enabled():
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        warnings.warn(f"genzoo: no C compiler found; the {name} kernel falls back to PyTorch (slower)")
+        return None
+    source = Path(__file__).with_name(f"{name}.c")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256("\0".join([source.read_text(), *flags, version, platform.machine(),
+                                        _cpu_signature()]).encode()).hexdigest()[:16]
+        target = _cache_folder() / f"{name}-{key}.so"
+        if target.exists() or _build(source, compiler, flags, target):
+            try:
+                return ctypes.CDLL(str(target))
+            except OSError:
+                continue
+    warnings.warn(f"genzoo: could not compile the {name} kernel with {compiler}; falling back to PyTorch (slower)")
+    return None
+
+
+@lru_cache(maxsize=None)
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="genzoo-kernel")
+
+
+def pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr() if tensor is not None else None)

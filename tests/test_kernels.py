@@ -1,0 +1,132 @@
+"""The fused C kernels (genzoo.kernels) against the PyTorch reference they replace, and their
+fallback when no kernel can be built."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import genzoo
+import genzoo.kernels as kernels
+from conftest import all_binary, randomize
+from genzoo.kernels.nade import NADELogitsKernel, nade_kernel_available
+from genzoo.models.autoregressive.nade import _NADELogits
+
+needs_nade_kernel = pytest.mark.skipif(
+    not nade_kernel_available(torch.zeros(1)), reason="the NADE C kernel cannot be built here (no C compiler?)"
+)
+
+
+def _nade_parameters(D: int, H: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    shapes = ((H, D), (H,), (D, H), (D,))
+    return [(torch.randn(*s, generator=g) * 0.7).requires_grad_() for s in shapes]
+
+
+@needs_nade_kernel
+@pytest.mark.parametrize("B, D, H, threads", [(1, 1, 1, 1), (5, 9, 3, 1), (37, 50, 13, 2), (64, 20, 33, 3)])
+def test_nade_kernel_matches_the_reference_logits_and_all_gradients(B, D, H, threads):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # one slice per thread: exercises the per-thread accumulators
+    try:
+        x = (torch.rand(B, D, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+        x[0, 0] = 0.3  # non-binary input: the kernel must use x's value, not just test for 1
+        x.requires_grad_()
+        params = _nade_parameters(D, H, seed=2)
+        g = torch.randn(B, D, generator=torch.Generator().manual_seed(3))
+        reference = _NADELogits.apply(x, *params, 4)
+        fused = NADELogitsKernel.apply(x, *params)
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+        expected = torch.autograd.grad(reference, (x, *params), g)
+        got = torch.autograd.grad(fused, (x, *params), g)
+        for name, e, o in zip(["x", "W", "c", "V", "b"], expected, got):
+            torch.testing.assert_close(o, e, rtol=1e-4, atol=1e-4, msg=f"gradient of {name}")
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_nade_kernel
+def test_nade_kernel_backward_can_run_twice_on_one_graph():
+    """The backward walk consumes a copy of the saved pre-activations, never the saved tensor."""
+    x = (torch.rand(6, 10) < 0.5).float()
+    params = _nade_parameters(10, 4, seed=5)
+    out = NADELogitsKernel.apply(x, *params).sum()
+    first = torch.autograd.grad(out, params, retain_graph=True)
+    second = torch.autograd.grad(out, params)
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
+
+
+@needs_nade_kernel
+def test_nade_kernel_sums_to_one_and_is_autoregressive():
+    n = 8
+    model = randomize(genzoo.build_model("nade", (n,), hidden_size=6, backend="kernel"), seed=7)
+    total = model.log_prob(all_binary(n).float()).exp().sum().item()
+    assert total == pytest.approx(1.0, abs=1e-5)
+    x = torch.rand(1, n, requires_grad=True)
+    logits = model.conditional_logits(x)
+    for i in range(n):
+        (grad,) = torch.autograd.grad(logits[0, i], x, retain_graph=True)
+        assert torch.all(grad[0, i:] == 0), f"logit {i} depends on x_j for some j >= {i}"
+        if i > 0:
+            assert grad[0, :i].abs().sum() > 0
+
+
+@needs_nade_kernel
+def test_nade_backends_agree_on_log_prob_and_loss_gradients():
+    torch.manual_seed(0)
+    kernel = genzoo.build_model("nade", (30,), hidden_size=9, backend="kernel")
+    reference = genzoo.build_model("nade", (30,), hidden_size=9, backend="torch")
+    reference.load_state_dict(kernel.state_dict())
+    x = (torch.rand(11, 30) < 0.3).float()
+    torch.testing.assert_close(kernel.log_prob(x), reference.log_prob(x), rtol=1e-5, atol=1e-4)
+    kernel.loss(x).backward()
+    reference.loss(x).backward()
+    for (name, a), b in zip(kernel.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_nade_auto_backend_uses_pytorch_for_float64():
+    model = randomize(genzoo.build_model("nade", (5,), hidden_size=4).double(), seed=8)
+    assert not nade_kernel_available(model.W)
+    assert model.log_prob(all_binary(5)).exp().sum().item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_nade_kernel_backend_refuses_what_it_cannot_run():
+    model = genzoo.build_model("nade", (5,), hidden_size=4, backend="kernel").double()
+    with pytest.raises(RuntimeError, match="backend 'kernel' needs float32"):
+        model.log_prob(all_binary(5))
+
+
+def test_nade_backend_is_checked_on_build():
+    with pytest.raises(ValueError, match="backend must be one of auto, kernel, torch"):
+        genzoo.build_model("nade", (5,), backend="cuda")
+
+
+def test_kernel_loader_falls_back_without_a_compiler(monkeypatch):
+    monkeypatch.setattr(kernels, "_compiler", lambda: None)
+    with pytest.warns(UserWarning, match="no C compiler found"):
+        assert kernels.load.__wrapped__("nade") is None
+
+
+def test_kernel_loader_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("GENZOO_KERNELS", "0")
+    assert kernels.load.__wrapped__("nade") is None
+
+
+def test_kernel_loader_falls_back_when_compilation_fails(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENZOO_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_compiler", lambda: "false")  # a "compiler" that always fails
+    with pytest.warns(UserWarning, match="could not compile the nade kernel"):
+        assert kernels.load.__wrapped__("nade") is None
+    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+
+
+@needs_nade_kernel
+def test_kernel_loader_builds_into_its_cache_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENZOO_KERNEL_CACHE", str(tmp_path))
+    assert kernels.load.__wrapped__("nade") is not None
+    built = list(tmp_path.iterdir())
+    assert len(built) == 1 and built[0].name.startswith("nade-") and built[0].suffix == ".so"
+    stamp = built[0].stat().st_mtime_ns
+    assert kernels.load.__wrapped__("nade") is not None
+    assert [p.stat().st_mtime_ns for p in tmp_path.iterdir()] == [stamp]

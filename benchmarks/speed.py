@@ -1,9 +1,10 @@
 """Training throughput and sampling speed of FVSBN, NADE and MADE at the closest peer's published
-configurations, against this machine's own float32 matmul rate measured in the same run.
+configurations, against this machine's own float32 matmul rate and against peer-style baselines
+(peer_style.py), all measured in the same run.
 
     python benchmarks/speed.py [--device auto] [--repeats 5]
 
-Writes benchmarks/results/speed.json. Figures are medians over --repeats runs.
+Writes benchmarks/results/speed-<device type>.json. Figures are medians over --repeats runs.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 import torch
 
 import genzoo
+import peer_style
 from common import RESULTS, command_line, device_description, median_seconds
 from genzoo.config import RunConfig
 from genzoo.devices import resolve_device
@@ -48,10 +50,15 @@ def made_train_flops_per_example(hidden: int) -> float:
     return 3 * 2 * (D * hidden + hidden * D)
 
 
-def train_throughput(name: str, device: torch.device, repeats: int, steps: int = 8) -> float:
+def train_throughput(name: str, device: torch.device, repeats: int, steps: int = 8, peer: bool = False) -> float:
+    """Training examples per second: genzoo's model and optimizer, or the peer-style baseline."""
     hyper, batch = CONFIGS[name]
-    model = genzoo.build_model(name, (1, 28, 28), **hyper).to(device)
-    optimizer = make_optimizer(model, RunConfig())  # the trainer's own optimizer
+    if peer:
+        model, optimizer = peer_style.build(name, D, hyper)
+        model = model.to(device)
+    else:
+        model = genzoo.build_model(name, (1, 28, 28), **hyper).to(device)
+        optimizer = make_optimizer(model, RunConfig())  # the trainer's own optimizer
     x = (torch.rand(batch * steps, D, generator=torch.Generator().manual_seed(0)) < 0.13).float().to(device)
 
     def run_steps():
@@ -89,12 +96,15 @@ def main() -> None:
     for name in ("fvsbn", "nade", "made"):
         hyper, batch = CONFIGS[name]
         rate = train_throughput(name, device, args.repeats)
+        peer_rate = train_throughput(name, device, max(1, args.repeats // 2), steps=2, peer=True)
         fast = sampling_seconds(name, device, args.repeats, naive=False)
         naive = sampling_seconds(name, device, args.repeats, naive=True)
         entry = {
             "hyperparameters": hyper,
             "train_batch_size": batch,
             "train_examples_per_second": rate,
+            "peer_style_train_examples_per_second": peer_rate,
+            "train_speedup_vs_peer_style": rate / peer_rate,
             "sample16_seconds_fast": fast,
             "sample16_seconds_naive": naive,
             "fast_over_naive_sampling": naive / fast,
@@ -102,7 +112,8 @@ def main() -> None:
             "train_speedup_vs_peer_quoted": rate / PEER[name]["train_examples_per_second"],
             "sampling_speedup_vs_peer_quoted": PEER[name]["sample16_seconds"] / fast,
         }
-        line = (f"{name:6s} train {rate:8.0f} examples/s (batch {batch}; {entry['train_speedup_vs_peer_quoted']:.1f}x the peer's quoted rate) | "
+        line = (f"{name:6s} train {rate:8.0f} examples/s (batch {batch}; {rate / peer_rate:.1f}x the peer-style "
+                f"baseline's {peer_rate:.0f}; {entry['train_speedup_vs_peer_quoted']:.1f}x the peer's quoted rate) | "
                 f"16 samples: fast {fast:.3f} s, naive {naive:.2f} s ({naive / fast:.0f}x)")
         if name == "made":
             gflops = rate * made_train_flops_per_example(hyper["hidden_sizes"][0]) / 1e9

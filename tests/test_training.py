@@ -331,3 +331,13 @@ def test_run_folder_checkpoint_names(tmp_path):
     with pytest.raises(ValueError, match="unknown checkpoint 'first'"):
         run.checkpoint("first")
     assert run.read_metrics() == []
+
+
+def test_keep_freed_cpu_memory_is_idempotent_and_harmless():
+    from genzoo.devices import keep_freed_cpu_memory
+
+    first = keep_freed_cpu_memory()
+    assert keep_freed_cpu_memory() == first
+    x = torch.randn(3000, 3000)  # a 36 MB block, above glibc's default mmap threshold
+    del x
+    assert torch.ones(3000, 3000).sum().item() == 9_000_000

@@ -216,6 +216,25 @@ def test_bad_param_value(tmp_path, capsys):
     assert "num_masks" in _error_line(capsys)
 
 
+def test_params_reach_the_train_and_data_tables(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "fvsbn", "--data", "digits", "--epochs", "1", "-p", "train.weight_decay=1e-4",
+                 "-p", "train.lr_schedule=cosine", "-p", "data.binarization=none", "-p", "model.name=fvsbn",
+                 "--out", str(run), "--quiet"]) == 0
+    config = load_run_config(run / "config.toml")
+    assert config.train.weight_decay == 1e-4 and config.train.lr_schedule == "cosine"
+
+
+@pytest.mark.parametrize("param, message", [
+    ("optim.lr=1", "unknown table 'optim'"),
+    ("train.momentum=0.9", "unknown key 'momentum'"),
+    ("train.lr_schedule=step", "lr_schedule"),
+])
+def test_bad_table_params_are_refused(tmp_path, capsys, param, message):
+    assert main(["train", "fvsbn", "--data", "digits", "-p", param, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert message in _error_line(capsys)
+
+
 def test_param_without_equals_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "made", "-p", "hidden_sizes"])

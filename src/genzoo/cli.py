@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--binarization", choices=["none", "dynamic"], help="dynamic: a fresh Bernoulli draw of 8-bit data each epoch")
     train.add_argument("--max-seconds", type=float, help="stop after this much training time")
     train.add_argument("-p", "--param", type=_parse_param, action="append", default=[], metavar="KEY=VALUE",
-                       help="a model hyperparameter, VALUE in TOML syntax (e.g. -p hidden_sizes=[500]); repeatable")
+                       help="a config value in TOML syntax: a model hyperparameter (-p hidden_sizes=[500]) or, "
+                            "with its table named, any [train] or [data] key (-p train.weight_decay=1e-4); repeatable")
     train.add_argument("--out", type=Path, help="run folder (default: runs/MODEL-DATA)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="start afresh in --out even if it holds a run (its checkpoints are replaced)")
@@ -94,9 +95,13 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     if model.get("name", args.model) != args.model:
         raise ConfigError(f"{args.config} configures model {model['name']!r}, but the command trains {args.model!r}")
     model["name"] = args.model
-    model.update(dict(args.param))
     raw = config.to_dict()
     raw["model"] = model
+    for key, value in args.param:
+        table, _, name = key.rpartition(".")
+        if table not in ("", "model", "train", "data"):
+            raise ConfigError(f"-p {key}: unknown table {table!r}; use model., train. or data. (or no prefix for the model)")
+        raw[table or "model"][name] = value
     if args.data:
         raw["data"]["name"] = args.data
     if args.binarization:

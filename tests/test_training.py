@@ -334,9 +334,12 @@ def test_run_folder_checkpoint_names(tmp_path):
 
 
 def test_keep_freed_cpu_memory_is_idempotent_and_harmless():
+    import platform
+
     from genzoo.devices import keep_freed_cpu_memory
 
     first = keep_freed_cpu_memory()
+    assert first == (platform.libc_ver()[0] == "glibc")  # applied exactly where glibc's mallopt exists
     assert keep_freed_cpu_memory() == first
     x = torch.randn(3000, 3000)  # a 36 MB block, above glibc's default mmap threshold
     del x

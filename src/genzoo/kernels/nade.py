@@ -78,4 +78,4 @@ class NADELogitsKernel(torch.autograd.Function):
             pointer(g[lo:hi]), pointer(x[lo:hi]), pointer(Wt), pointer(V), pointer(a_walk[lo:hi]),
             pointer(dWt[k]), pointer(dV[k]), pointer(dc[k]), pointer(dx[lo:hi] if dx is not None else None),
             pointer(scratch[k]), hi - lo, D, H) for k, (lo, hi) in enumerate(slices)])
-        return dx, dWt.sum(0).t(), dc.sum(0), dV.sum(0), g.sum(0)
+        return dx, dWt.sum(0).t().contiguous(), dc.sum(0), dV.sum(0), g.sum(0)

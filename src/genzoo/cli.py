@@ -188,7 +188,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - tic
     png = args.out or run.path / "samples.png"
     save_image_grid(x, png)
-    np.save(png.with_suffix(".npy"), x.cpu().numpy().astype(np.uint8 if model.support == "binary" else np.float32))
+    np.save(png.with_suffix(".npy"), x.cpu().numpy().astype(np.float32 if model.support == "real" else np.uint8))
     print(f"drew {args.num_samples} samples in {seconds:.3f} s ({args.num_samples / seconds:.1f} samples/s, {args.sampler} sampler)")
     print(f"written to {png} and {png.with_suffix('.npy')}")
 

@@ -24,6 +24,8 @@ class Evaluation:
     likelihood: str
     num_examples: int
     standard_error_nats: float
+    #: the model's ``likelihood_detail``: which bound, how many draws ("" when nothing to add)
+    likelihood_detail: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,7 +34,8 @@ class Evaluation:
         relation = "=" if self.likelihood == "exact" else "≤"
         return (
             f"{self.split} NLL {relation} {self.nll_nats:.2f} nats ({self.bits_per_dim:.4f} bits/dim, "
-            f"± {self.standard_error_nats:.2f} s.e., likelihood: {self.likelihood}, {self.num_examples} examples)"
+            f"± {self.standard_error_nats:.2f} s.e., likelihood: {self.likelihood}"
+            f"{' (' + self.likelihood_detail + ')' if self.likelihood_detail else ''}, {self.num_examples} examples)"
         )
 
 
@@ -57,4 +60,5 @@ def evaluate(model: GenerativeModel, x: torch.Tensor, split: str = "test", batch
     log_p = mean_log_prob(model, x, batch_size, progress, desc=f"eval {split}").double()
     nll = float(-log_p.mean())
     stderr = float(log_p.std() / math.sqrt(len(log_p))) if len(log_p) > 1 else float("nan")
-    return Evaluation(split, nll, nll / (model.num_dims * math.log(2)), model.likelihood, len(log_p), stderr)
+    return Evaluation(split, nll, nll / (model.num_dims * math.log(2)), model.likelihood, len(log_p), stderr,
+                      model.likelihood_detail)

@@ -11,6 +11,7 @@ A run folder holds::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -29,6 +30,7 @@ from genzoo.devices import keep_freed_cpu_memory, seed_everything
 from genzoo.evaluation import evaluate
 from genzoo.images import save_loss_curve
 from genzoo.models import GenerativeModel, build_model
+from genzoo.models.base import model_config_class
 
 __all__ = ["Trainer", "TrainResult", "RunFolder"]
 
@@ -144,11 +146,22 @@ class Trainer:
 
     # -- set-up -------------------------------------------------------------------------
     def _build_model(self, data: TrainingData) -> GenerativeModel:
-        model = build_model(self.config.model_name, data.data_shape, **self.config.model_hyperparameters)
+        name = self.config.model_name
+        adapts = "data_kind" in {f.name for f in dataclasses.fields(model_config_class(name))}
+        if adapts:
+            # a model that adapts to its data: record the data's kind in the resolved config (so
+            # config.toml and the checkpoints rebuild the same model) unless the config sets it
+            self.config.model.setdefault("data_kind", data.kind)
+        model = build_model(name, data.data_shape, **self.config.model_hyperparameters)
         if model.support == "binary" and data.kind != "binary":
             raise DataError(
-                f"model {self.config.model_name!r} needs binary data, but {self.config.data.name!r} is 8-bit {data.kind}; "
+                f"model {name!r} needs binary data, but {self.config.data.name!r} is 8-bit {data.kind}; "
                 'set binarization = "dynamic" in [data] (or --binarization dynamic)'
+            )
+        if model.support != data.kind:
+            raise DataError(
+                f"model {name!r} is configured for {model.support} data, but {self.config.data.name!r} is {data.kind}"
+                + (f'; set data_kind = "{data.kind}" in [model] (or leave it out)' if adapts else "")
             )
         return model.to(self.device)
 

@@ -34,7 +34,9 @@ class GenerativeModel(nn.Module):
     ``_log_prob`` on flat, validated input and ``sample``."""
 
     likelihood: ClassVar[Likelihood] = "exact"
-    #: the values a data point may take: "binary" ({0, 1}) or "real"
+    #: the values a data point may take: "binary" ({0, 1}), "grayscale" (integers 0..255) or
+    #: "real"; a model whose config has a ``data_kind`` field sets it per instance, and the
+    #: trainer fills that field in from the data set's kind unless the config sets it
     support: ClassVar[str] = "binary"
 
     def __init__(self, data_shape: tuple[int, ...]):
@@ -70,7 +72,26 @@ class GenerativeModel(nn.Module):
                     f"input row {row} has value {x[row, col].item():g} at dimension {col}; "
                     "a Bernoulli model needs values in {0, 1}"
                 )
+        elif self.support == "grayscale":
+            bad = (x != torch.round(x)) | (x < 0) | (x > 255)
+            if bad.any():
+                row, col = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(
+                    f"input row {row} has value {x[row, col].item():g} at dimension {col}; "
+                    "8-bit data needs integers in {0, …, 255}"
+                )
+        elif self.support == "real":
+            bad = ~torch.isfinite(x)
+            if bad.any():
+                row, col = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(f"input row {row} has value {x[row, col].item():g} at dimension {col}; values must be finite")
         return x.to(self.device, dtype=self._dtype())
+
+    @property
+    def likelihood_detail(self) -> str:
+        """Which likelihood or bound ``log_prob`` computes, in words (e.g. the number of draws of
+        a Monte Carlo bound); empty where ``likelihood`` says it all."""
+        return ""
 
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype

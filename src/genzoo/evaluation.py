@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -41,12 +42,14 @@ class Evaluation:
 
 @torch.no_grad()
 def mean_log_prob(model: GenerativeModel, x: torch.Tensor, batch_size: int = 1000, progress: bool = False,
-                  desc: str = "eval") -> torch.Tensor:
-    """log p(x) for every row of x, computed in batches in eval mode; returns (N,) on the CPU."""
+                  desc: str = "eval", score: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """log p(x) for every row of x (or ``score(x)``, one of the model's own scoring methods),
+    computed in batches in eval mode; returns (N,) on the CPU."""
+    score = model.log_prob if score is None else score
     was_training = model.training
     model.eval()
     try:
-        out = [model.log_prob(batch.to(model.device)).cpu()
+        out = [score(batch.to(model.device)).cpu()
                for batch in tqdm(x.split(batch_size), desc=desc, disable=not progress, leave=False)]
     finally:
         model.train(was_training)
@@ -54,11 +57,14 @@ def mean_log_prob(model: GenerativeModel, x: torch.Tensor, batch_size: int = 100
 
 
 def evaluate(model: GenerativeModel, x: torch.Tensor, split: str = "test", batch_size: int = 1000,
-             progress: bool = False) -> Evaluation:
+             progress: bool = False, validation: bool = False) -> Evaluation:
+    """NLL of ``model`` on ``x``; ``validation=True`` scores with ``model.validation_log_prob``
+    (what the trainer uses each epoch: a cheaper bound for models whose test bound is costly)."""
     if model.likelihood == "none":
         raise ValueError(f"model {getattr(model, 'name', type(model).__name__)!r} has no likelihood to evaluate")
-    log_p = mean_log_prob(model, x, batch_size, progress, desc=f"eval {split}").double()
+    score = model.validation_log_prob if validation else model.log_prob
+    detail = model.validation_detail if validation else model.likelihood_detail
+    log_p = mean_log_prob(model, x, batch_size, progress, desc=f"eval {split}", score=score).double()
     nll = float(-log_p.mean())
     stderr = float(log_p.std() / math.sqrt(len(log_p))) if len(log_p) > 1 else float("nan")
-    return Evaluation(split, nll, nll / (model.num_dims * math.log(2)), model.likelihood, len(log_p), stderr,
-                      model.likelihood_detail)
+    return Evaluation(split, nll, nll / (model.num_dims * math.log(2)), model.likelihood, len(log_p), stderr, detail)

@@ -206,7 +206,7 @@ class Trainer:
                 scheduler.step()
                 epoch_seconds = time.perf_counter() - tic
                 seconds += epoch_seconds
-                result = evaluate(model, valid, "valid", train_cfg.eval_batch_size)
+                result = evaluate(model, valid, "valid", train_cfg.eval_batch_size, validation=True)
                 improved = result.nll_nats < best_nll
                 if improved:
                     best_nll, best_epoch, stale = result.nll_nats, epoch, 0
@@ -217,6 +217,7 @@ class Trainer:
                     "train_loss": train_loss,
                     "valid_nll": result.nll_nats,
                     "valid_bits_per_dim": result.bits_per_dim,
+                    **({"valid_likelihood": result.likelihood_detail} if result.likelihood_detail else {}),
                     "lr": optimizer.param_groups[0]["lr"],
                     "epoch_seconds": epoch_seconds,
                     "examples_per_second": len(train_x) / epoch_seconds,

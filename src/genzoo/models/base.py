@@ -93,6 +93,17 @@ class GenerativeModel(nn.Module):
         a Monte Carlo bound); empty where ``likelihood`` says it all."""
         return ""
 
+    def validation_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """What the trainer's per-epoch validation scores: ``log_prob`` unless a model overrides
+        it with a cheaper estimate of the same quantity (an IWAE bound with fewer importance
+        samples than the test bound's thousands), described by ``validation_detail``."""
+        return self.log_prob(x)
+
+    @property
+    def validation_detail(self) -> str:
+        """``likelihood_detail`` of what ``validation_log_prob`` computes."""
+        return self.likelihood_detail
+
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 

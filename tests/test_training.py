@@ -344,3 +344,27 @@ def test_keep_freed_cpu_memory_is_idempotent_and_harmless():
     x = torch.randn(3000, 3000)  # a 36 MB block, above glibc's default mmap threshold
     del x
     assert torch.ones(3000, 3000).sum().item() == 9_000_000
+
+
+def test_trainer_calls_the_epoch_hook_and_validates_with_the_cheaper_score(tmp_path, monkeypatch):
+    """The trainer announces every epoch (also after a resume) and scores validation with
+    ``validation_log_prob``, recording its detail in the metrics."""
+    from genzoo.models.autoregressive.made import MADE
+
+    seen, validated = [], []
+    monkeypatch.setattr(MADE, "on_epoch_start", lambda self, epoch, epochs: seen.append((epoch, epochs)))
+
+    def cheap(self, x):
+        validated.append(len(x))
+        return self.log_prob(x) - 1.0  # visibly different from log_prob
+
+    monkeypatch.setattr(MADE, "validation_log_prob", cheap)
+    monkeypatch.setattr(MADE, "validation_detail", property(lambda self: "a cheaper estimate"))
+    result = Trainer(tiny_run_config(epochs=2), tmp_path / "run", progress=False).fit()
+    assert seen == [(1, 2), (2, 2)]
+    assert validated and sum(validated) == 2 * 180  # the digits valid split, once per epoch
+    records = RunFolder(tmp_path / "run").read_metrics()
+    assert all(r["valid_likelihood"] == "a cheaper estimate" for r in records)
+    assert result.best_valid_nll == pytest.approx(min(r["valid_nll"] for r in records))
+    Trainer.resume(tmp_path / "run", progress=False, epochs=3).fit()
+    assert seen[-1] == (3, 3)

@@ -201,6 +201,7 @@ class Trainer:
         else:
             for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
                 tic = time.perf_counter()
+                model.on_epoch_start(epoch, train_cfg.epochs)
                 train_x = data.train_epoch(data_order).reshape(len(data.train_source), -1)
                 train_loss = self._train_one_epoch(model, optimizer, train_x, data_order, epoch)
                 scheduler.step()

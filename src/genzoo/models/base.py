@@ -93,6 +93,12 @@ class GenerativeModel(nn.Module):
         a Monte Carlo bound); empty where ``likelihood`` says it all."""
         return ""
 
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before training epoch ``epoch`` (1-based) of ``epochs``, and again
+        on resume: schedules that depend on training progress (KL warm-up, a Gumbel-softmax
+        temperature, a two-stage switch) are set here as a pure function of ``epoch``, so a
+        resumed run sets them exactly as an uninterrupted one. Does nothing by default."""
+
     def validation_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """What the trainer's per-epoch validation scores: ``log_prob`` unless a model overrides
         it with a cheaper estimate of the same quantity (an IWAE bound with fewer importance

@@ -31,6 +31,17 @@ TINY: dict[str, dict] = {
     "fvsbn": {},
     "nade": {"hidden_size": 8},
     "made": {"hidden_sizes": [16, 16]},
+    "pixelcnn": {"hidden_channels": 4, "num_blocks": 1, "head_channels": 4, "first_kernel_size": 3},
+    "gated-pixelcnn": {"channels": 3, "num_layers": 1, "head_channels": 4, "first_kernel_size": 3},
+    # the MLP coder fits any data shape; the convolutional one is an extra variant below
+    "vqvae": {"architecture": "mlp", "hidden_size": 8, "latent_positions": 2, "num_codes": 4, "code_dim": 2,
+              "prior_hidden_sizes": [8]},
+    "transformer": {"num_layers": 2, "num_heads": 2, "embed_dim": 4},
+    # latent-variable models: a handful of importance samples keeps the IWAE bound cheap here
+    "vae": {"hidden_sizes": [8], "latent_sizes": [3], "eval_samples": 20, "eval_chunk": 8, "valid_samples": 5},
+    "iwae": {"hidden_sizes": [8], "latent_sizes": [3], "k": 3, "eval_samples": 20, "eval_chunk": 8, "valid_samples": 5},
+    "gumbel-vae": {"hidden_sizes": [8], "num_latents": 2, "num_categories": 3, "activation": "tanh",
+                   "eval_samples": 20, "eval_chunk": 8, "valid_samples": 5},
     # flows on real data: the exact continuous density, so every generic test applies as written;
     # the dequantization bounds on binary and 8-bit data are the extra variants below
     "nice": {"hidden_size": 8, "hidden_layers": 1, "num_couplings": 2, "data_kind": "real"},
@@ -40,11 +51,25 @@ TINY: dict[str, dict] = {
 
 #: extra variants of the known models that exercise distinct code paths
 EXTRA_VARIANTS: list[tuple[str, dict]] = [
+    ("vqvae", {"hidden_channels": 4, "downsample": 1, "num_codes": 4, "code_dim": 2, "codebook_update": "loss",
+               "prior_model": "nade", "prior_hidden_size": 4}),
+    ("vae", {"hidden_sizes": [8], "latent_sizes": [3], "architecture": "conv", "channels": [3, 4],
+             "eval_samples": 20, "eval_chunk": 8}),
+    ("vae", {"hidden_sizes": [8], "latent_sizes": [4, 2], "top_hidden_sizes": [5], "k": 2, "eval_samples": 20, "eval_chunk": 8}),
+    ("vae", {"hidden_sizes": [8], "latent_sizes": [3], "data_kind": "grayscale", "eval_samples": 20, "eval_chunk": 8}),
+    ("iwae", {"hidden_sizes": [8], "latent_sizes": [4, 2], "top_hidden_sizes": [5], "k": 4, "eval_samples": 20, "eval_chunk": 8}),
+    ("gumbel-vae", {"hidden_sizes": [8], "num_latents": 2, "num_categories": 3, "activation": "tanh",
+                    "straight_through": True, "k": 2, "eval_samples": 20, "eval_chunk": 8}),
+    ("gumbel-vae", {"hidden_sizes": [8], "num_latents": 2, "num_categories": 3, "activation": "tanh",
+                    "architecture": "conv", "channels": [3], "data_kind": "grayscale", "eval_samples": 20, "eval_chunk": 8}),
     ("made", {"hidden_sizes": [16, 16], "num_masks": 3}),
     ("made", {"hidden_sizes": [16, 16], "num_masks": 1, "order_agnostic": True}),
     ("made", {"hidden_sizes": [16, 16], "num_masks": 3, "order_agnostic": True}),
     ("made", {"hidden_sizes": [12], "num_masks": 2}),
     ("nade", {"hidden_size": 8, "backend": "torch"}),  # float32 NADE otherwise runs the C kernel
+    ("pixelcnn", {"hidden_channels": 4, "num_blocks": 1, "head_channels": 2, "data_kind": "grayscale"}),
+    ("gated-pixelcnn", {"channels": 3, "num_layers": 1, "head_channels": 4, "num_classes": 3}),
+    ("gated-pixelcnn", {"channels": 3, "num_layers": 1, "head_channels": 2, "data_kind": "grayscale", "num_classes": 2}),
     ("nice", {"hidden_size": 8, "hidden_layers": 1, "data_kind": "binary", "prior": "gaussian"}),
     ("realnvp", {"hidden_channels": 4, "hidden_layers": 1, "couplings_per_scale": 1, "norm": "batch",
                  "data_kind": "binary", "dequantization": "variational", "dequant_layers": 2,

@@ -3,6 +3,9 @@
     genzoo train made --data mnist5k --out runs/made
     genzoo eval runs/made
     genzoo sample runs/made -n 64 --out samples.png
+    genzoo encode runs/vae --split test --out z.npy       # latent-variable models only
+    genzoo decode runs/vae z.npy --out decoded.png
+    genzoo interpolate runs/vae --pair 0 1 --steps 10 --out strip.png
     genzoo list
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from genzoo.evaluation import evaluate
 from genzoo.images import save_image_grid
 from genzoo.models import list_models
 from genzoo.models.base import model_config_class
+from genzoo.sampling import check_speculative_pair, speculative_sample
 from genzoo.training import RunFolder, Trainer
 
 __all__ = ["main", "build_parser"]
@@ -81,9 +85,48 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/samples.png); the .npy goes beside it")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    sample.add_argument("--sampler", default="fast", choices=["fast", "naive"],
-                        help="fast: the model's own sampler; naive: one full network pass per dimension")
+    sample.add_argument("--sampler", default="fast", choices=["fast", "naive", "speculative"],
+                        help="fast: the model's own sampler; naive: one full network pass per dimension; "
+                             "speculative: a draft model proposes --gamma dimensions, the run's model checks them")
+    sample.add_argument("--draft", type=Path, metavar="DRAFT_RUN_DIR",
+                        help="run folder of the draft model for --sampler speculative (same data shape and order)")
+    sample.add_argument("--gamma", type=int, default=4, help="dimensions the draft proposes per round (default: 4)")
+    sample.add_argument("--label", type=int, metavar="Y", help="class-conditional models (num_classes > 0): draw samples of class Y")
     add_common(sample)
+
+    def add_split_input(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="data split of the run's data set (default: test)")
+        p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+        p.add_argument("--batch-size", type=int, default=500)
+
+    encode = commands.add_parser("encode", help="latents of a latent-variable run's data (.npy)",
+                                 description="Encode a split (or --input FILE.npy) with a latent-variable model (vae, iwae, "
+                                             "gumbel-vae, vqvae): VAE posterior means, or category/code indices.")
+    encode.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    add_split_input(encode)
+    encode.add_argument("--input", type=Path, metavar="FILE.npy", help="encode these examples instead of --split")
+    encode.add_argument("--out", type=Path, required=True, metavar="Z.npy", help="where the latents go")
+    add_common(encode)
+
+    decode = commands.add_parser("decode", help="decode latents (.npy) to an image grid",
+                                 description="Decode latents (as written by encode) to the decoder's mean: a PNG grid "
+                                             "and a .npy beside it.")
+    decode.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    decode.add_argument("latents", type=Path, metavar="Z.npy")
+    decode.add_argument("--out", type=Path, required=True, metavar="GRID.png", help="PNG path; the .npy of the means goes beside it")
+    decode.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    decode.add_argument("--batch-size", type=int, default=500)
+    add_common(decode)
+
+    interpolate = commands.add_parser("interpolate", help="decode a straight latent path between two examples",
+                                      description="Decoded means along the straight line between the latents of "
+                                                  "examples I and J of a split, written as one image row.")
+    interpolate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    add_split_input(interpolate)
+    interpolate.add_argument("--pair", type=int, nargs=2, required=True, metavar=("I", "J"), help="the two examples' indices")
+    interpolate.add_argument("--steps", type=int, default=10, help="images in the strip, both ends included (default: 10)")
+    interpolate.add_argument("--out", type=Path, required=True, metavar="STRIP.png", help="PNG path; the .npy goes beside it")
+    add_common(interpolate)
 
     commands.add_parser("list", help="list models and data sets")
     return parser
@@ -149,12 +192,14 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     run, payload, model = _load_run(args.run_dir, args.checkpoint, device)
     config = run_config_from_dict(payload["config"], where=str(run.path))
-    data = make_training_data(config.data, args.data_dir)
+    conditional = getattr(model, "num_classes", 0) > 0  # scored given the split's class labels
+    data = make_training_data(config.data, args.data_dir, labels=conditional)
     x = {"train": data.train_source, "valid": data.valid, "test": data.test}[args.split]
+    labels = {"train": data.train_labels, "valid": data.valid_labels, "test": data.test_labels}[args.split]
     if args.split == "train" and data.dynamic:
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(config.data.eval_binarization_seed))
     tic = time.perf_counter()
-    result = evaluate(model, x.reshape(len(x), -1), args.split, args.batch_size, progress=None)
+    result = evaluate(model, x.reshape(len(x), -1), args.split, args.batch_size, progress=None, labels=labels)
     record = {
         "model": config.model_name,
         "dataset": config.data.name,
@@ -176,21 +221,109 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         raise ValueError(f"-n must be at least 1, got {args.num_samples}")
     device = resolve_device(args.device)
     run, _, model = _load_run(args.run_dir, args.checkpoint, device)
+    if args.sampler != "speculative" and args.draft is not None:
+        raise ValueError("--draft is only used with --sampler speculative")
+    draft = None
+    if args.sampler == "speculative":
+        if args.draft is None:
+            raise ValueError("--sampler speculative needs --draft DRAFT_RUN_DIR")
+        if args.gamma < 1:
+            raise ValueError(f"--gamma must be at least 1, got {args.gamma}")
+        _, _, draft = _load_run(args.draft, args.checkpoint, device)
+        check_speculative_pair(model, draft)
+    labelled = {} if args.label is None else {"y": args.label}
+    if args.label is not None and getattr(model, "num_classes", 0) == 0:
+        raise ValueError(f"--label needs a class-conditional model (num_classes > 0); the run in {args.run_dir} is not one")
+    if args.label is not None and draft is not None:
+        raise ValueError("--label does not combine with --sampler speculative")
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    stats = None
     tic = time.perf_counter()
     with torch.no_grad():
-        if args.sampler == "naive":
+        if draft is not None:
+            x, stats = speculative_sample(model, draft, args.num_samples, args.gamma, generator)
+        elif args.sampler == "naive":
             if not hasattr(model, "sample_naive"):
                 raise ValueError(f"model {model.name!r} has no naive sampler")
-            x = model.unflatten(model.sample_naive(model.draw_uniforms(args.num_samples, generator)))
+            x = model.unflatten(model.sample_naive(model.draw_uniforms(args.num_samples, generator), **labelled))
         else:
-            x = model.sample(args.num_samples, generator=generator)
+            x = model.sample(args.num_samples, generator=generator, **labelled)
     seconds = time.perf_counter() - tic
     png = args.out or run.path / "samples.png"
     save_image_grid(x, png)
     np.save(png.with_suffix(".npy"), x.cpu().numpy().astype(np.float32 if model.support == "real" else np.uint8))
     print(f"drew {args.num_samples} samples in {seconds:.3f} s ({args.num_samples / seconds:.1f} samples/s, {args.sampler} sampler)")
+    if stats is not None:
+        print(f"speculative: gamma {args.gamma}, acceptance rate {stats.acceptance_rate:.3f}, "
+              f"{stats.target_calls} target calls, {stats.dimensions_per_target_call:.2f} dimensions per row per call")
     print(f"written to {png} and {png.with_suffix('.npy')}")
+
+
+def _load_latent_run(run_dir: Path, which: str, device: torch.device):
+    """A run whose model has a latent space (encode, decode, interpolate), else a one-line error."""
+    run, payload, model = _load_run(run_dir, which, device)
+    if not all(callable(getattr(model, name, None)) for name in ("encode", "decode", "interpolate")):
+        raise ValueError(f"model {model.name!r} of {run_dir} has no latent space; encode, decode and interpolate "
+                         "need a latent-variable model (e.g. vae, iwae, gumbel-vae, vqvae)")
+    return run, payload, model
+
+
+def _split_data(payload: dict, split: str, data_dir: str | None) -> torch.Tensor:
+    """A split of the run's data set, as ``genzoo eval`` scores it (flat rows)."""
+    config = run_config_from_dict(payload["config"], where="checkpoint")
+    data = make_training_data(config.data, data_dir)
+    x = {"train": data.train_source, "valid": data.valid, "test": data.test}[split]
+    if split == "train" and data.dynamic:
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(config.data.eval_binarization_seed))
+    return x.reshape(len(x), -1)
+
+
+def _cmd_encode(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    _, payload, model = _load_latent_run(args.run_dir, args.checkpoint, device)
+    if args.input is not None:
+        if not args.input.is_file():
+            raise FileNotFoundError(f"input file {args.input} does not exist")
+        x = torch.from_numpy(np.load(args.input)).reshape(-1, model.num_dims)
+    else:
+        x = _split_data(payload, args.split, args.data_dir)
+    with torch.no_grad():
+        z = torch.cat([model.encode(batch.to(device)).cpu() for batch in x.split(args.batch_size)])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, z.numpy())
+    print(f"encoded {len(x)} examples to latents of shape {tuple(z.shape[1:])} ({z.dtype}); written to {args.out}")
+
+
+def _cmd_decode(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    _, _, model = _load_latent_run(args.run_dir, args.checkpoint, device)
+    if not args.latents.is_file():
+        raise FileNotFoundError(f"latent file {args.latents} does not exist")
+    z = torch.from_numpy(np.load(args.latents))
+    if z.dim() < 2 or len(z) == 0:
+        raise ValueError(f"{args.latents} holds an array of shape {tuple(z.shape)}; expected one latent per row (N, ...)")
+    with torch.no_grad():
+        x = torch.cat([model.decode(batch.to(device)).cpu() for batch in z.split(args.batch_size)])
+    save_image_grid(x, args.out)
+    np.save(args.out.with_suffix(".npy"), x.numpy().astype(np.float32))
+    print(f"decoded {len(z)} latents; written to {args.out} and {args.out.with_suffix('.npy')}")
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> None:
+    if args.steps < 2:
+        raise ValueError(f"--steps must be at least 2, got {args.steps}")
+    device = resolve_device(args.device)
+    _, payload, model = _load_latent_run(args.run_dir, args.checkpoint, device)
+    x = _split_data(payload, args.split, args.data_dir)
+    for index in args.pair:
+        if not 0 <= index < len(x):
+            raise ValueError(f"--pair index {index} is out of range for the {args.split} split ({len(x)} examples)")
+    i, j = args.pair
+    with torch.no_grad():
+        strip = model.interpolate(x[i].to(device), x[j].to(device), args.steps).cpu()
+    save_image_grid(strip, args.out, ncols=args.steps)
+    np.save(args.out.with_suffix(".npy"), strip.numpy().astype(np.float32))
+    print(f"interpolated {args.split} examples {i} and {j} in {args.steps} steps; written to {args.out} and {args.out.with_suffix('.npy')}")
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -205,7 +338,8 @@ def _cmd_list(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "list": _cmd_list}[args.command]
+    handler = {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "list": _cmd_list,
+               "encode": _cmd_encode, "decode": _cmd_decode, "interpolate": _cmd_interpolate}[args.command]
     try:
         handler(args)
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:

@@ -142,6 +142,9 @@ class TrainConfig:
     #: stop training after this much wall-clock time (seconds); 0 means no limit
     max_seconds: float = 0.0
     seed: int = 0
+    #: a checkpoint whose model weights initialize a new run (e.g. stage two of a two-stage model
+    #: from a stage-one run); "" starts from the model's own initialization
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, f"train: epochs must be at least 1, got {self.epochs}")

@@ -42,13 +42,21 @@ class Evaluation:
 
 @torch.no_grad()
 def mean_log_prob(model: GenerativeModel, x: torch.Tensor, batch_size: int = 1000, progress: bool = False,
-                  desc: str = "eval", score: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                  desc: str = "eval", score: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  labels: torch.Tensor | None = None) -> torch.Tensor:
     """log p(x) for every row of x (or ``score(x)``, one of the model's own scoring methods),
-    computed in batches in eval mode; returns (N,) on the CPU."""
+    computed in batches in eval mode; returns (N,) on the CPU. With ``labels`` (a class-conditional
+    model), log p(x | y) by ``model.log_prob(x, y=labels)``."""
     score = model.log_prob if score is None else score
     was_training = model.training
     model.eval()
     try:
+        if labels is not None:
+            pairs = zip(x.split(batch_size), labels.split(batch_size))
+            out = [model.log_prob(batch.to(model.device), y=y.to(model.device)).cpu()
+                   for batch, y in tqdm(pairs, desc=desc, disable=not progress, leave=False,
+                                        total=math.ceil(len(x) / batch_size))]
+            return torch.cat(out)
         out = [score(batch.to(model.device)).cpu()
                for batch in tqdm(x.split(batch_size), desc=desc, disable=not progress, leave=False)]
     finally:
@@ -57,14 +65,17 @@ def mean_log_prob(model: GenerativeModel, x: torch.Tensor, batch_size: int = 100
 
 
 def evaluate(model: GenerativeModel, x: torch.Tensor, split: str = "test", batch_size: int = 1000,
-             progress: bool = False, validation: bool = False) -> Evaluation:
+             progress: bool = False, validation: bool = False, labels: torch.Tensor | None = None) -> Evaluation:
     """NLL of ``model`` on ``x``; ``validation=True`` scores with ``model.validation_log_prob``
-    (what the trainer uses each epoch: a cheaper bound for models whose test bound is costly)."""
+    (what the trainer uses each epoch: a cheaper bound for models whose test bound is costly);
+    ``labels``: the class labels of x, for a class-conditional model (the NLL of x given y)."""
     if model.likelihood == "none":
         raise ValueError(f"model {getattr(model, 'name', type(model).__name__)!r} has no likelihood to evaluate")
     score = model.validation_log_prob if validation else model.log_prob
     detail = model.validation_detail if validation else model.likelihood_detail
-    log_p = mean_log_prob(model, x, batch_size, progress, desc=f"eval {split}", score=score).double()
+    if labels is not None:
+        detail = "; ".join(filter(None, [detail, "conditional on the class labels"]))
+    log_p = mean_log_prob(model, x, batch_size, progress, desc=f"eval {split}", score=score, labels=labels).double()
     nll = float(-log_p.mean())
     stderr = float(log_p.std() / math.sqrt(len(log_p))) if len(log_p) > 1 else float("nan")
     return Evaluation(split, nll, nll / (model.num_dims * math.log(2)), model.likelihood, len(log_p), stderr, detail)

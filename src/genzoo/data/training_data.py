@@ -12,7 +12,7 @@ import torch
 
 from genzoo.config import DataConfig
 from genzoo.data.download import DataError
-from genzoo.data.registry import load_splits
+from genzoo.data.registry import load_labels, load_splits
 
 __all__ = ["TrainingData", "make_training_data"]
 
@@ -24,6 +24,10 @@ class TrainingData:
     test: torch.Tensor
     kind: str  # kind of what the model sees: "binary" or "grayscale"
     dynamic: bool
+    #: class labels of each split (long tensors), loaded only for class-conditional models
+    train_labels: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -36,7 +40,17 @@ class TrainingData:
         return self.train_source
 
 
-def make_training_data(config: DataConfig, data_dir: str | None = None) -> TrainingData:
+def make_training_data(config: DataConfig, data_dir: str | None = None, labels: bool = False) -> TrainingData:
+    """The splits of ``config``'s data set; ``labels=True`` adds each split's class labels (a
+    DataError if the set has none). Binarization keeps the rows in order, so labels still match."""
+    data = _make_training_data(config, data_dir)
+    if labels:
+        y = load_labels(config.name, data_dir)
+        data.train_labels, data.valid_labels, data.test_labels = y["train"], y["valid"], y["test"]
+    return data
+
+
+def _make_training_data(config: DataConfig, data_dir: str | None = None) -> TrainingData:
     splits, kind = load_splits(config.name, data_dir)
     if config.binarization == "none":
         return TrainingData(splits["train"], splits["valid"], splits["test"], kind, dynamic=False)

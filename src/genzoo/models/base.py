@@ -110,6 +110,25 @@ class GenerativeModel(nn.Module):
         """``likelihood_detail`` of what ``validation_log_prob`` computes."""
         return self.likelihood_detail
 
+    @property
+    def training_stage(self) -> str:
+        """The stage of a staged training schedule (set by ``on_epoch_start``; "" for one stage).
+        When it changes between epochs the trainer starts early stopping over: the best
+        validation NLL and the count of epochs without improvement are reset, so ``best.pt``
+        holds a model of the latest stage."""
+        return ""
+
+    @property
+    def final_training_stage(self) -> bool:
+        """False while a later training stage is still to come: patience then never ends the run
+        (it would stop before the last stage ran)."""
+        return True
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Model-specific figures of the epoch just trained (e.g. codebook usage), merged by the
+        trainer into that epoch's metrics.jsonl record. None by default."""
+        return {}
+
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 

@@ -63,16 +63,21 @@ def load_binarized_mnist(folder: str | None = None) -> dict[str, np.ndarray]:
     return {split: a.reshape(-1, 1, 28, 28) for split, a in arrays.items()}
 
 
+def _read_mnist_npz(folder: str | None, keys: tuple[str, ...]) -> tuple[Path, dict[str, np.ndarray]]:
+    """The arrays ``keys`` of ``mnist.npz`` (found in the data folder, else downloaded)."""
+    path = find_or_download("mnist.npz", _MNIST_URL, _MNIST_SHA256, data_dir(folder), "mnist")
+    with np.load(path) as f:
+        missing = set(keys) - set(f.files)
+        if missing:
+            raise DataError(f"{path} lacks the arrays {sorted(missing)}: the file is corrupt or not the right one")
+        return path, {key: f[key] for key in keys}
+
+
 def load_mnist(folder: str | None = None) -> dict[str, np.ndarray]:
     """8-bit MNIST (Keras layout ``mnist.npz``): train 50k and valid 10k of the 60k training
     images, test the 10k test images; pixel values 0..255."""
-    root = data_dir(folder)
-    path = find_or_download("mnist.npz", _MNIST_URL, _MNIST_SHA256, root, "mnist")
-    with np.load(path) as f:
-        missing = {"x_train", "x_test"} - set(f.files)
-        if missing:
-            raise DataError(f"{path} lacks the arrays {sorted(missing)}: the file is corrupt or not the right one")
-        x_train, x_test = f["x_train"], f["x_test"]
+    path, arrays = _read_mnist_npz(folder, ("x_train", "x_test"))
+    x_train, x_test = arrays["x_train"], arrays["x_test"]
     _check_array(f"{path}[x_train]", x_train, (60_000, 28, 28), "8-bit")
     _check_array(f"{path}[x_test]", x_test, (10_000, 28, 28), "8-bit")
     x_train, x_test = x_train[:, None], x_test[:, None]
@@ -109,13 +114,8 @@ def load_digits(folder: str | None = None) -> dict[str, np.ndarray]:
 
 def load_mnist_labels(folder: str | None = None) -> dict[str, np.ndarray]:
     """The digit labels of ``load_mnist``'s splits (the npz's y_train / y_test)."""
-    root = data_dir(folder)
-    path = find_or_download("mnist.npz", _MNIST_URL, _MNIST_SHA256, root, "mnist")
-    with np.load(path) as f:
-        missing = {"y_train", "y_test"} - set(f.files)
-        if missing:
-            raise DataError(f"{path} lacks the arrays {sorted(missing)}: the file is corrupt or not the right one")
-        y_train, y_test = f["y_train"].astype(np.int64), f["y_test"].astype(np.int64)
+    _, arrays = _read_mnist_npz(folder, ("y_train", "y_test"))
+    y_train, y_test = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)
     return {"train": y_train[:50_000], "valid": y_train[50_000:], "test": y_test}
 
 

@@ -96,7 +96,7 @@ class MaskedConv2d(nn.Module):
     def row_at(self, cache: "ActivationCache", r: int, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The outputs along row r, shape (B, out_channels, W), from the cached input."""
         weight = self.masked_weight() if weight is None else weight
-        (kh, kw), (ar, ac) = self.kernel_size, self.anchor
+        kh, (ar, ac) = self.kernel_size[0], self.anchor
         top = cache.pad + r - ar
         out = F.conv2d(cache.data[:, :, top : top + kh, :], weight, self.bias)[:, :, 0]
         start = cache.pad - ac  # output column j reads padded columns j … j + kw − 1

@@ -1,4 +1,4 @@
-"""Autoregressive models of binary vectors by the chain rule:
+"""Autoregressive models by the chain rule; for binary vectors:
 
     log p(x) = Σ_d log p(x_d | x_<d),   p(x_d = 1 | x_<d) = σ(ℓ_d(x_<d)),
 
@@ -14,24 +14,23 @@ from torch.nn import functional as F
 
 from genzoo.models.base import GenerativeModel
 
-__all__ = ["BernoulliAutoregressive", "CategoricalAutoregressive"]
+__all__ = ["ChainRuleModel", "BernoulliAutoregressive", "CategoricalAutoregressive"]
 
 
-class BernoulliAutoregressive(GenerativeModel):
+class ChainRuleModel(GenerativeModel):
+    """What every chain-rule model shares: the generation order, the uniforms that drive
+    sampling, and the reference sampler, which draws one dimension at a time with
+    ``draw_dimension`` after a full pass of the network."""
+
     likelihood = "exact"
-    support = "binary"
-
-    def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ℓ_d of p(x_d = 1 | x_<d) for every d, shape (B, D), from flat x of shape (B, D)."""
-        raise NotImplementedError
 
     def generation_order(self) -> torch.Tensor:
         """The dimensions in the order they are generated (natural order unless overridden)."""
         return torch.arange(self.num_dims)
 
-    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.conditional_logits(x)
-        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
+    def draw_dimension(self, x: torch.Tensor, d: int, u_d: torch.Tensor) -> torch.Tensor:
+        """x_d drawn from p(x_d | x_<d) by the uniforms u_d (B,), given x (B, D) with x_<d filled in."""
+        raise NotImplementedError
 
     def draw_uniforms(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         device = generator.device if generator is not None else self.device
@@ -49,15 +48,29 @@ class BernoulliAutoregressive(GenerativeModel):
 
     @torch.no_grad()
     def sample_naive(self, u: torch.Tensor) -> torch.Tensor:
-        """Reference sampler: one full ``conditional_logits`` pass per dimension (D passes)."""
+        """Reference sampler: one full network pass per dimension (D passes)."""
         x = torch.zeros_like(u)
         for d in self.generation_order().tolist():
-            logits = self.conditional_logits(x)[:, d]
-            x[:, d] = (u[:, d] < torch.sigmoid(logits)).to(x.dtype)
+            x[:, d] = self.draw_dimension(x, d, u[:, d])
         return x
 
 
-class CategoricalAutoregressive(GenerativeModel):
+class BernoulliAutoregressive(ChainRuleModel):
+    support = "binary"
+
+    def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ℓ_d of p(x_d = 1 | x_<d) for every d, shape (B, D), from flat x of shape (B, D)."""
+        raise NotImplementedError
+
+    def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.conditional_logits(x)
+        return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
+
+    def draw_dimension(self, x: torch.Tensor, d: int, u_d: torch.Tensor) -> torch.Tensor:
+        return (u_d < torch.sigmoid(self.conditional_logits(x)[:, d])).to(x.dtype)
+
+
+class CategoricalAutoregressive(ChainRuleModel):
     """The chain rule over V-valued dimensions (8-bit pixels: V = 256):
 
         log p(x) = Σ_d log p(x_d | x_<d),   p(x_d = v | x_<d) = softmax(ℓ_d(x_<d))_v.
@@ -65,7 +78,6 @@ class CategoricalAutoregressive(GenerativeModel):
     Sampling by inverse CDF from uniforms u ∈ [0, 1)^D: x_d = #{v < V − 1 : F_d(v) ≤ u_d} with
     F_d(v) = Σ_{w ≤ v} p(x_d = w | x_<d); the same u give the same x for every exact sampler."""
 
-    likelihood = "exact"
     support = "grayscale"
     num_values: int = 256
 
@@ -73,17 +85,9 @@ class CategoricalAutoregressive(GenerativeModel):
         """log p(x_d = v | x_<d) for every d and v, shape (B, D, V), from flat x of shape (B, D)."""
         raise NotImplementedError
 
-    def generation_order(self) -> torch.Tensor:
-        return torch.arange(self.num_dims)
-
     def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
         log_probs = self.conditional_log_probs(x)
         return log_probs.gather(2, x.long().unsqueeze(2)).squeeze(2).sum(dim=1)
-
-    def draw_uniforms(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        device = generator.device if generator is not None else self.device
-        u = torch.rand(n, self.num_dims, generator=generator, device=device)
-        return u.to(self.device, self._dtype())
 
     @staticmethod
     def inverse_cdf(log_probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -92,19 +96,5 @@ class CategoricalAutoregressive(GenerativeModel):
         index = (cdf[..., :-1] <= u.unsqueeze(-1)).sum(dim=-1)  # the last value takes F's round-off
         return index.to(u.dtype)
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw n samples with the model's fastest exact sampler."""
-        return self.unflatten(self.sample_from_uniforms(self.draw_uniforms(n, generator)))
-
-    def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
-        """The fast sampler; models override it. Must equal ``sample_naive(u)``."""
-        return self.sample_naive(u)
-
-    @torch.no_grad()
-    def sample_naive(self, u: torch.Tensor) -> torch.Tensor:
-        """Reference sampler: one full ``conditional_log_probs`` pass per dimension (D passes)."""
-        x = torch.zeros_like(u)
-        for d in self.generation_order().tolist():
-            x[:, d] = self.inverse_cdf(self.conditional_log_probs(x)[:, d], u[:, d])
-        return x
+    def draw_dimension(self, x: torch.Tensor, d: int, u_d: torch.Tensor) -> torch.Tensor:
+        return self.inverse_cdf(self.conditional_log_probs(x)[:, d], u_d)

@@ -36,14 +36,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from genzoo.config import require
-from genzoo.models.autoregressive.pixelcnn import PixelAutoregressive, pointwise
+from genzoo.models.autoregressive.pixelcnn import PixelAutoregressive, PixelModelConfig, pointwise
 from genzoo.models.base import register_model
 from genzoo.nn.masked_conv import ActivationCache, MaskedConv2d
 
@@ -65,28 +64,19 @@ def _bias(embedding: nn.Embedding | None, y: torch.Tensor | None, spatial: bool)
 
 
 @dataclass
-class GatedPixelCNNConfig:
+class GatedPixelCNNConfig(PixelModelConfig):
     #: features per stack (the gated units); the convolutions produce twice as many
     channels: int = 128
     #: gated layers after the first
     num_layers: int = 10
-    kernel_size: int = 3
-    first_kernel_size: int = 7
-    head_channels: int = 32
     #: K > 0: a class-conditional model p(x | y), y ∈ {0, …, K − 1}
     num_classes: int = 0
-    #: "binary": Bernoulli pixels; "grayscale": 256-way softmax over 8-bit pixels
-    data_kind: Literal["binary", "grayscale"] = "binary"
 
     def __post_init__(self) -> None:
         require(self.channels >= 1, f"gated-pixelcnn: channels must be positive, got {self.channels}")
         require(self.num_layers >= 0, f"gated-pixelcnn: num_layers must be non-negative, got {self.num_layers}")
-        require(self.kernel_size >= 3 and self.kernel_size % 2 == 1,
-                f"gated-pixelcnn: kernel_size must be odd and at least 3, got {self.kernel_size}")
-        require(self.first_kernel_size >= 3 and self.first_kernel_size % 2 == 1,
-                f"gated-pixelcnn: first_kernel_size must be odd and at least 3, got {self.first_kernel_size}")
-        require(self.head_channels >= 1, f"gated-pixelcnn: head_channels must be positive, got {self.head_channels}")
         require(self.num_classes >= 0, f"gated-pixelcnn: num_classes must be non-negative, got {self.num_classes}")
+        self.check_pixel_settings("gated-pixelcnn", min_kernel_size=3)
 
 
 class GatedLayer(nn.Module):

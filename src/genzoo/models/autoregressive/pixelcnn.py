@@ -41,7 +41,7 @@ from genzoo.models.autoregressive.base import BernoulliAutoregressive, Categoric
 from genzoo.models.base import GenerativeModel, register_model
 from genzoo.nn.masked_conv import ActivationCache, MaskedConv2d
 
-__all__ = ["PixelCNN", "PixelCNNConfig", "PixelAutoregressive", "image_size", "pointwise"]
+__all__ = ["PixelCNN", "PixelCNNConfig", "PixelModelConfig", "PixelAutoregressive", "image_size", "pointwise"]
 
 
 def image_size(data_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -244,25 +244,34 @@ class PixelAutoregressive(GenerativeModel):
 
 
 @dataclass
-class PixelCNNConfig:
-    #: features in the residual stream (2h in the paper); the blocks' bottleneck has half as many
-    hidden_channels: int = 128
-    num_blocks: int = 15
-    #: the type-B convolutions' kernel (k) and the type-A first layer's (k₀)
+class PixelModelConfig:
+    """The settings of a convolutional pixel model's input layer, output head and data."""
+
+    #: the masked convolutions' kernel (k) and the type-A first layer's (k₀)
     kernel_size: int = 3
     first_kernel_size: int = 7
     head_channels: int = 32
     #: "binary": Bernoulli pixels; "grayscale": 256-way softmax over 8-bit pixels
     data_kind: Literal["binary", "grayscale"] = "binary"
 
+    def check_pixel_settings(self, model: str, min_kernel_size: int) -> None:
+        require(self.kernel_size >= min_kernel_size and self.kernel_size % 2 == 1,
+                f"{model}: kernel_size must be odd and at least {min_kernel_size}, got {self.kernel_size}")
+        require(self.first_kernel_size >= 3 and self.first_kernel_size % 2 == 1,
+                f"{model}: first_kernel_size must be odd and at least 3, got {self.first_kernel_size}")
+        require(self.head_channels >= 1, f"{model}: head_channels must be positive, got {self.head_channels}")
+
+
+@dataclass
+class PixelCNNConfig(PixelModelConfig):
+    #: features in the residual stream (2h in the paper); the blocks' bottleneck has half as many
+    hidden_channels: int = 128
+    num_blocks: int = 15
+
     def __post_init__(self) -> None:
         require(self.hidden_channels >= 2, f"pixelcnn: hidden_channels must be at least 2, got {self.hidden_channels}")
         require(self.num_blocks >= 0, f"pixelcnn: num_blocks must be non-negative, got {self.num_blocks}")
-        require(self.kernel_size >= 1 and self.kernel_size % 2 == 1,
-                f"pixelcnn: kernel_size must be odd and positive, got {self.kernel_size}")
-        require(self.first_kernel_size >= 3 and self.first_kernel_size % 2 == 1,
-                f"pixelcnn: first_kernel_size must be odd and at least 3, got {self.first_kernel_size}")
-        require(self.head_channels >= 1, f"pixelcnn: head_channels must be positive, got {self.head_channels}")
+        self.check_pixel_settings("pixelcnn", min_kernel_size=1)
 
 
 class ResidualBlock(nn.Module):

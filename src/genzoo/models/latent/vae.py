@@ -40,7 +40,6 @@ from typing import Literal, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from genzoo.config import require
 from genzoo.models.base import GenerativeModel, register_model

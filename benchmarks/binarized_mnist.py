@@ -42,6 +42,8 @@ ANCHORS = {
     ("vae", "static"): "none static (Burda et al. 2016, dynamic: 86.76)",
     ("iwae-k50", "static"): "none static (Burda et al. 2016, dynamic: 84.78)",
     ("iwae-2layer", "static"): "none static (Burda et al. 2016, dynamic: 82.90)",
+    ("vqvae", "static"): "none (van den Oord et al. 2017 report no binarized-MNIST NLL)",
+    ("gumbel-vae", "static"): "none (Jang et al. 2017 report the training ELBO, not IWAE-5000)",
     ("transformer", "dynamic"): "79.17 (ImageGPT, pytorch-generative); target < 79.2",
     ("pixelcnn", "static"): "81.30 (PixelVAE paper, Table 1); target ≤ 81.5",
     ("gated-pixelcnn", "static"): "80.10 (PixelVAE paper, Table 1); target ≤ 80.5",

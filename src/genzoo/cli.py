@@ -193,11 +193,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     run, payload, model = _load_run(args.run_dir, args.checkpoint, device)
     config = run_config_from_dict(payload["config"], where=str(run.path))
     conditional = getattr(model, "num_classes", 0) > 0  # scored given the split's class labels
-    data = make_training_data(config.data, args.data_dir, labels=conditional)
-    x = {"train": data.train_source, "valid": data.valid, "test": data.test}[args.split]
-    labels = {"train": data.train_labels, "valid": data.valid_labels, "test": data.test_labels}[args.split]
-    if args.split == "train" and data.dynamic:
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(config.data.eval_binarization_seed))
+    x, labels = _split_data(payload, args.split, args.data_dir, labels=conditional)
     tic = time.perf_counter()
     result = evaluate(model, x.reshape(len(x), -1), args.split, args.batch_size, progress=None, labels=labels)
     record = {
@@ -250,8 +246,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
             x = model.sample(args.num_samples, generator=generator, **labelled)
     seconds = time.perf_counter() - tic
     png = args.out or run.path / "samples.png"
-    save_image_grid(x, png)
-    np.save(png.with_suffix(".npy"), x.cpu().numpy().astype(np.float32 if model.support == "real" else np.uint8))
+    _write_images(x, png, np.float32 if model.support == "real" else np.uint8)
     print(f"drew {args.num_samples} samples in {seconds:.3f} s ({args.num_samples / seconds:.1f} samples/s, {args.sampler} sampler)")
     if stats is not None:
         print(f"speculative: gamma {args.gamma}, acceptance rate {stats.acceptance_rate:.3f}, "
@@ -268,14 +263,23 @@ def _load_latent_run(run_dir: Path, which: str, device: torch.device):
     return run, payload, model
 
 
-def _split_data(payload: dict, split: str, data_dir: str | None) -> torch.Tensor:
-    """A split of the run's data set, as ``genzoo eval`` scores it (flat rows)."""
+def _split_data(payload: dict, split: str, data_dir: str | None,
+                labels: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A split of the run's data set as ``genzoo eval`` scores it (flat rows; the training split
+    of dynamically binarized data as one seeded draw), and its class labels if asked for."""
     config = run_config_from_dict(payload["config"], where="checkpoint")
-    data = make_training_data(config.data, data_dir)
+    data = make_training_data(config.data, data_dir, labels=labels)
     x = {"train": data.train_source, "valid": data.valid, "test": data.test}[split]
+    y = {"train": data.train_labels, "valid": data.valid_labels, "test": data.test_labels}[split]
     if split == "train" and data.dynamic:
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(config.data.eval_binarization_seed))
-    return x.reshape(len(x), -1)
+    return x.reshape(len(x), -1), y
+
+
+def _write_images(x: torch.Tensor, png: Path, dtype: type, ncols: int | None = None) -> None:
+    """A PNG grid of ``x`` and the array itself beside it (same name, .npy)."""
+    save_image_grid(x, png, ncols=ncols)
+    np.save(png.with_suffix(".npy"), x.cpu().numpy().astype(dtype))
 
 
 def _cmd_encode(args: argparse.Namespace) -> None:
@@ -286,7 +290,7 @@ def _cmd_encode(args: argparse.Namespace) -> None:
             raise FileNotFoundError(f"input file {args.input} does not exist")
         x = torch.from_numpy(np.load(args.input)).reshape(-1, model.num_dims)
     else:
-        x = _split_data(payload, args.split, args.data_dir)
+        x, _ = _split_data(payload, args.split, args.data_dir)
     with torch.no_grad():
         z = torch.cat([model.encode(batch.to(device)).cpu() for batch in x.split(args.batch_size)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -304,8 +308,7 @@ def _cmd_decode(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.latents} holds an array of shape {tuple(z.shape)}; expected one latent per row (N, ...)")
     with torch.no_grad():
         x = torch.cat([model.decode(batch.to(device)).cpu() for batch in z.split(args.batch_size)])
-    save_image_grid(x, args.out)
-    np.save(args.out.with_suffix(".npy"), x.numpy().astype(np.float32))
+    _write_images(x, args.out, np.float32)
     print(f"decoded {len(z)} latents; written to {args.out} and {args.out.with_suffix('.npy')}")
 
 
@@ -314,15 +317,14 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps must be at least 2, got {args.steps}")
     device = resolve_device(args.device)
     _, payload, model = _load_latent_run(args.run_dir, args.checkpoint, device)
-    x = _split_data(payload, args.split, args.data_dir)
+    x, _ = _split_data(payload, args.split, args.data_dir)
     for index in args.pair:
         if not 0 <= index < len(x):
             raise ValueError(f"--pair index {index} is out of range for the {args.split} split ({len(x)} examples)")
     i, j = args.pair
     with torch.no_grad():
         strip = model.interpolate(x[i].to(device), x[j].to(device), args.steps).cpu()
-    save_image_grid(strip, args.out, ncols=args.steps)
-    np.save(args.out.with_suffix(".npy"), strip.numpy().astype(np.float32))
+    _write_images(strip, args.out, np.float32, ncols=args.steps)
     print(f"interpolated {args.split} examples {i} and {j} in {args.steps} steps; written to {args.out} and {args.out.with_suffix('.npy')}")
 
 

@@ -127,9 +127,6 @@ class GatedPixelCNN(PixelAutoregressive):
             v, h = layer(v, h, y)
         return h
 
-    def network(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.out(F.relu(self.head(F.relu(self.features(x, y)))))
-
     # -- cached generation -------------------------------------------------------------
     def start_generation(self, batch: int, y: torch.Tensor | None, like: torch.Tensor) -> SimpleNamespace:
         cfg, H, W = self.config, self.height, self.width

@@ -129,8 +129,12 @@ class PixelAutoregressive(GenerativeModel):
         """The network's view of pixel values: {0, 1} as is, 8-bit levels in [0, 1]."""
         return x if self.support == "binary" else x / (self.num_values - 1)
 
-    def network(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover - abstract
+    def features(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover - abstract
+        """The last layer's features (B, F, H, W), read by the 1×1 ``head`` and ``out`` layers."""
         raise NotImplementedError
+
+    def network(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out(F.relu(self.head(F.relu(self.features(x, y)))))
 
     def _outputs(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """Per-pixel outputs (B, D, V_out) from flat x (B, D)."""
@@ -304,9 +308,6 @@ class PixelCNN(PixelAutoregressive):
         for block in self.blocks:
             h = block(h)
         return h
-
-    def network(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.out(F.relu(self.head(F.relu(self.features(x, y)))))
 
     # -- cached generation -------------------------------------------------------------
     def start_generation(self, batch: int, y: torch.Tensor | None, like: torch.Tensor) -> SimpleNamespace:

@@ -66,6 +66,8 @@ EXTRA_VARIANTS: list[tuple[str, dict]] = [
     ("made", {"hidden_sizes": [16, 16], "num_masks": 1, "order_agnostic": True}),
     ("made", {"hidden_sizes": [16, 16], "num_masks": 3, "order_agnostic": True}),
     ("made", {"hidden_sizes": [12], "num_masks": 2}),
+    ("made", {"hidden_sizes": [12], "direct_connections": True}),
+    ("made", {"hidden_sizes": [16, 16], "num_masks": 3, "order_agnostic": True, "direct_connections": True}),
     ("nade", {"hidden_size": 8, "backend": "torch"}),  # float32 NADE otherwise runs the C kernel
     ("pixelcnn", {"hidden_channels": 4, "num_blocks": 1, "head_channels": 2, "data_kind": "grayscale"}),
     ("gated-pixelcnn", {"channels": 3, "num_layers": 1, "head_channels": 4, "num_classes": 3}),

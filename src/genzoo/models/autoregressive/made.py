@@ -8,6 +8,11 @@ layer l draws a degree m^l(k) uniformly from {min_k' m^{l-1}(k'), …, D − 1};
     M^l_{k,k'} = 1[m^l(k) ≥ m^{l-1}(k')],        M^out_{d,k} = 1[m⁰(d) > m^L(k)],
     h^l = ReLU(b^l + (W^l ⊙ M^l) h^{l-1}),        p(x_d = 1 | x_<d) = σ(c_d + (V ⊙ M^out)_d h^L).
 
+With ``direct_connections`` the inputs also reach the outputs through a masked linear map, the
+paper's direct input-to-output connections (an FVSBN beside the network):
+
+    p(x_d = 1 | x_<d) = σ(c_d + (V ⊙ M^out)_d h^L + (A ⊙ M^direct)_d x),   M^direct_{d,j} = 1[m⁰(d) > m⁰(j)].
+
 Connectivity-agnostic training cycles through K fixed masks (one per minibatch; the masks come
 from ``mask_seed`` and never change); with ``order_agnostic`` each mask also has its own random
 ordering. Evaluation averages the K models' probabilities, an exact mixture likelihood:
@@ -34,7 +39,7 @@ from genzoo.models.autoregressive.base import BernoulliAutoregressive
 from genzoo.models.base import register_model
 from genzoo.nn import MaskedLinear
 
-__all__ = ["MADE", "MADEConfig", "made_degrees", "made_masks"]
+__all__ = ["MADE", "MADEConfig", "made_degrees", "made_masks", "made_direct_mask"]
 
 
 @dataclass
@@ -45,6 +50,8 @@ class MADEConfig:
     #: give each mask its own random ordering of the inputs (else the natural order)
     order_agnostic: bool = False
     mask_seed: int = 0
+    #: direct input-to-output connections (masked like an FVSBN), as in the paper's MNIST runs
+    direct_connections: bool = False
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(self.hidden_sizes)
@@ -77,6 +84,11 @@ def made_masks(degrees: list[torch.Tensor]) -> list[torch.Tensor]:
     return masks
 
 
+def made_direct_mask(degrees: list[torch.Tensor]) -> torch.Tensor:
+    """M^direct: output d sees input j directly when j comes before d in the ordering."""
+    return (degrees[0][:, None] > degrees[0][None, :]).float()
+
+
 @register_model("made", MADEConfig)
 class MADE(BernoulliAutoregressive):
     def __init__(self, data_shape: tuple[int, ...], config: MADEConfig | None = None):
@@ -84,6 +96,10 @@ class MADE(BernoulliAutoregressive):
         self.config = config or MADEConfig()
         sizes = (self.num_dims, *self.config.hidden_sizes, self.num_dims)
         self.layers = nn.ModuleList(MaskedLinear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+        self.direct: MaskedLinear | None = None
+        if self.config.direct_connections:
+            self.direct = MaskedLinear(self.num_dims, self.num_dims, bias=False)
+            nn.init.zeros_(self.direct.weight)  # starts as the plain MADE; the data grows the FVSBN part
         # Which mask the next training step uses; a buffer so that resuming continues the cycle.
         self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
         self._active_mask = -1
@@ -96,8 +112,11 @@ class MADE(BernoulliAutoregressive):
     def use_mask(self, k: int) -> None:
         if k == self._active_mask:
             return
-        for layer, mask in zip(self.layers, made_masks(self.mask_degrees(k))):
+        degrees = self.mask_degrees(k)
+        for layer, mask in zip(self.layers, made_masks(degrees)):
             layer.set_mask(mask)
+        if self.direct is not None:
+            self.direct.set_mask(made_direct_mask(degrees))
         self._active_mask = k
 
     def generation_order(self) -> torch.Tensor:
@@ -108,7 +127,8 @@ class MADE(BernoulliAutoregressive):
         h = x
         for layer in self.layers[:-1]:
             h = F.relu(layer(h))
-        return self.layers[-1](h)
+        logits = self.layers[-1](h)
+        return logits if self.direct is None else logits + self.direct(x)
 
     def _log_prob_one_mask(self, x: torch.Tensor, k: int) -> torch.Tensor:
         self.use_mask(k)
@@ -177,6 +197,8 @@ class MADE(BernoulliAutoregressive):
             previous_perm = perm
         out_weight = self.layers[-1].masked_weight()[order][:, previous_perm]
         out_bias = self.layers[-1].bias[order]
+        # strictly lower triangular in generation order: output t sees inputs 0..t-1 directly
+        direct_weight = self.direct.masked_weight()[order][:, order] if self.direct is not None else None
 
         n = len(u)
         x_ordered = torch.zeros(n, D, device=device, dtype=dtype)
@@ -193,6 +215,8 @@ class MADE(BernoulliAutoregressive):
                     below, below_end = h, end
                 last_layer_end = below_end
             logit = hidden[-1][:, :last_layer_end] @ out_weight[t, :last_layer_end] + out_bias[t]
+            if direct_weight is not None and t >= 1:
+                logit = logit + x_ordered[:, :t] @ direct_weight[t, :t]
             x_ordered[:, t] = (u_ordered[:, t] < torch.sigmoid(logit)).to(dtype)
         x = torch.empty_like(x_ordered)
         x[:, order] = x_ordered

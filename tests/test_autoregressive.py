@@ -18,11 +18,11 @@ from genzoo.nn import MaskedLinear
 
 
 def autoregressive_variants() -> list:
-    """The model variants whose model is a BernoulliAutoregressive (all of them today)."""
+    """The model variants with binary chain-rule conditionals (``conditional_logits``)."""
     out = []
     for param in MODEL_VARIANTS:
         name, hp = param.values
-        if isinstance(genzoo.build_model(name, 3, **hp), BernoulliAutoregressive):
+        if getattr(genzoo.build_model(name, 3, **hp), "chain_rule_conditionals", "") == "binary":
             out.append(param)
     return out
 

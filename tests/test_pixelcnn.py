@@ -316,24 +316,40 @@ def test_digits_labels_follow_their_images():
         assert np.array_equal(labels[split].numpy(), digits.target[index[split]])
 
 
-def test_model_types_follow_data_kind_and_conditioning():
-    """Binary models are BernoulliAutoregressive, 8-bit ones CategoricalAutoregressive (what
-    speculative sampling and the generic autoregressive tests rely on); a class-conditional
-    model is neither, since without a label its likelihood is a mixture over classes."""
-    from genzoo.models.autoregressive import BernoulliAutoregressive
-    from genzoo.models.autoregressive.base import CategoricalAutoregressive
+def test_chain_rule_conditionals_follow_data_kind_and_conditioning():
+    """Binary models offer "binary" conditionals (conditional_logits), 8-bit ones "categorical"
+    (conditional_log_probs), as speculative sampling and the generic autoregressive tests expect;
+    a class-conditional model offers none, since without a label its likelihood is a mixture over
+    classes. The kind is a property of the instance: the class is the registered one, plainly."""
+    import copy
+    import pickle
 
-    for name, hp in [("pixelcnn", PIXELCNN), ("gated-pixelcnn", GATED)]:
+    from genzoo.models.autoregressive import ChainRuleModel, GatedPixelCNN, PixelCNN
+
+    for name, hp, cls in [("pixelcnn", PIXELCNN, PixelCNN), ("gated-pixelcnn", GATED, GatedPixelCNN)]:
         binary = build(name, (1, 3, 3), **hp)
         gray = build(name, (1, 3, 3), **hp, data_kind="grayscale")
-        assert isinstance(binary, BernoulliAutoregressive) and not isinstance(binary, CategoricalAutoregressive)
-        assert isinstance(gray, CategoricalAutoregressive) and not isinstance(gray, BernoulliAutoregressive)
-        assert type(binary).__name__ == type(gray).__name__ and binary.name == gray.name == name
+        assert type(binary) is cls and type(gray) is cls and isinstance(binary, ChainRuleModel)
+        assert binary.chain_rule_conditionals == "binary" and gray.chain_rule_conditionals == "categorical"
         x = all_binary(9)
         assert torch.allclose(binary.log_prob(x), -torch.nn.functional.binary_cross_entropy_with_logits(
             binary.conditional_logits(x), x, reduction="none").sum(1))
+        v = torch.randint(0, 256, (5, 9), generator=torch.Generator().manual_seed(0)).double()
+        assert torch.allclose(gray.log_prob(v), gray.conditional_log_probs(v).gather(2, v.long()[..., None]).sum((1, 2)))
+        with pytest.raises(ValueError, match="binary"):
+            gray.conditional_logits(v)
+        for model in (binary, gray):  # the chain-rule reference sampler draws through draw_dimension
+            u = model.draw_uniforms(6, torch.Generator().manual_seed(1))
+            assert torch.equal(ChainRuleModel.sample_naive(model, u), model.sample_from_uniforms(u))
+        for model in (binary, gray):  # copies keep the class, the kind and the weights' names
+            for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+                assert type(twin) is cls and twin.chain_rule_conditionals == model.chain_rule_conditionals
+                assert list(twin.state_dict()) == list(model.state_dict())
+                assert torch.equal(twin.log_prob(x if model.support == "binary" else v),
+                                   model.log_prob(x if model.support == "binary" else v))
     conditional = build("gated-pixelcnn", (1, 3, 3), **GATED, num_classes=2)
-    assert not isinstance(conditional, (BernoulliAutoregressive, CategoricalAutoregressive))
+    assert type(conditional) is GatedPixelCNN and conditional.chain_rule_conditionals == ""
+    assert copy.deepcopy(conditional).chain_rule_conditionals == ""
     with pytest.raises(ValueError, match="pass labels y"):
         conditional.conditional_logits(all_binary(9))
     assert conditional.conditional_logits(all_binary(9), y=1).shape == (512, 9)

@@ -182,6 +182,52 @@ def test_unusable_pairs_are_refused(target, draft, message):
     assert "\n" not in str(info.value)
 
 
+CONDITIONALS = [
+    ("fvsbn", (6,), {}, "binary"),
+    ("nade", (6,), {"hidden_size": 4}, "binary"),
+    ("made", (6,), {"hidden_sizes": [8]}, "binary"),
+    ("transformer", (1, 2, 3), {"num_layers": 1, "num_heads": 1, "embed_dim": 4}, "binary"),
+    ("pixelcnn", (1, 2, 3), {"hidden_channels": 4, "num_blocks": 1, "head_channels": 2}, "binary"),
+    ("pixelcnn", (1, 2, 3), {"hidden_channels": 4, "num_blocks": 1, "head_channels": 2, "data_kind": "grayscale"},
+     "categorical"),
+    ("gated-pixelcnn", (1, 2, 3), {"channels": 2, "num_layers": 1, "head_channels": 2}, "binary"),
+    ("gated-pixelcnn", (1, 2, 3), {"channels": 2, "num_layers": 1, "head_channels": 2, "data_kind": "grayscale"},
+     "categorical"),
+    ("gated-pixelcnn", (1, 2, 3), {"channels": 2, "num_layers": 1, "head_channels": 2, "num_classes": 3}, ""),
+    ("gated-pixelcnn", (1, 2, 3), {"channels": 2, "num_layers": 1, "head_channels": 2, "num_classes": 3,
+                                   "data_kind": "grayscale"}, ""),
+]
+
+
+@pytest.mark.parametrize("name, shape, hp, kind", CONDITIONALS,
+                         ids=[f"{name}-{hp.get('data_kind', 'binary')}{'-conditional' if hp.get('num_classes') else ''}"
+                              for name, _, hp, _ in CONDITIONALS])
+def test_chain_rule_conditionals_say_what_the_model_offers(name, shape, hp, kind):
+    """"binary": conditional_logits, "categorical": conditional_log_probs, each the conditionals
+    whose product is log_prob; "": none (a class-conditional model's log_prob is a mixture)."""
+    model = build(name, shape, seed=0, std=0.5, **hp)
+    assert model.chain_rule_conditionals == kind
+    x = torch.randint(0, 2 if model.support == "binary" else 256, (5, model.num_dims),
+                      generator=torch.Generator().manual_seed(0)).double()
+    if kind == "binary":
+        logits = model.conditional_logits(x)
+        expected = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1)
+        assert torch.allclose(model.log_prob(x), expected)
+    elif kind == "categorical":
+        log_probs = model.conditional_log_probs(x)
+        assert torch.allclose(model.log_prob(x), log_probs.gather(2, x.long()[..., None]).sum((1, 2)))
+
+
+@pytest.mark.parametrize("role", ["target", "draft"])
+def test_class_conditional_models_are_refused(role):
+    conditional = build("gated-pixelcnn", (1, 2, 3), seed=0, channels=2, num_layers=1, head_channels=2, num_classes=3)
+    plain = build("gated-pixelcnn", (1, 2, 3), seed=1, channels=2, num_layers=1, head_channels=2)
+    target, draft = (conditional, plain) if role == "target" else (plain, conditional)
+    with pytest.raises(ValueError, match=f"class-conditional models is not supported \\(the {role}") as info:
+        speculative_sample(target, draft, 4)
+    assert "\n" not in str(info.value)
+
+
 def test_gamma_must_be_positive():
     model = genzoo.build_model("fvsbn", 4)
     with pytest.raises(ValueError, match="gamma"):

@@ -16,9 +16,10 @@ Every dimension is then exactly distributed as p given the ones before it, whate
 draft only changes the speed, through the acceptance rate. Rows advance by different amounts, so
 each row keeps its own step; a row that has reached D leaves the batch.
 
-Binary models (``BernoulliAutoregressive``: ``conditional_logits``) and V-valued ones
-(``CategoricalAutoregressive``: ``conditional_log_probs``, 8-bit pixels) are both handled, as
-distributions over V values per dimension (V = 2 for binary data).
+A model qualifies by its ``chain_rule_conditionals`` (``genzoo.models.autoregressive.ChainRuleModel``):
+binary models ("binary": ``conditional_logits``) and V-valued ones ("categorical":
+``conditional_log_probs``, 8-bit pixels) are both handled, as distributions over V values per
+dimension (V = 2 for binary data); a model without them ("", or not a chain-rule model) is refused.
 
 References: Leviathan, Kalman & Matias, "Fast Inference from Transformers via Speculative
 Decoding" (ICML 2023); Chen et al., "Accelerating Large Language Model Decoding with Speculative
@@ -30,7 +31,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from genzoo.models.autoregressive.base import BernoulliAutoregressive, CategoricalAutoregressive
 from genzoo.models.base import GenerativeModel
 
 __all__ = ["SpeculativeStats", "check_speculative_pair", "speculative_sample"]
@@ -68,24 +68,21 @@ def _name(model: GenerativeModel) -> str:
 
 
 def _kind(model: GenerativeModel) -> str:
-    """"binary" or "categorical": which conditionals the model offers for its support."""
-    if model.support == "binary" and isinstance(model, BernoulliAutoregressive):
-        return "binary"
-    if model.support == "grayscale" and isinstance(model, CategoricalAutoregressive):
-        return "categorical"
-    return ""
+    """"binary" or "categorical": which conditionals define the model's distribution; "" for
+    none (a model that is not a chain-rule model has no ``chain_rule_conditionals``)."""
+    return getattr(model, "chain_rule_conditionals", "")
 
 
 def check_speculative_pair(target: GenerativeModel, draft: GenerativeModel) -> None:
     """Refuse, with a one-line ValueError, a pair that speculative sampling cannot use exactly."""
     for role, model in (("target", target), ("draft", draft)):
+        if getattr(model, "num_classes", 0):  # checked first: such a model offers no conditionals either
+            raise ValueError(f"speculative sampling of class-conditional models is not supported (the {role} {_name(model)!r})")
         if not _kind(model):
             raise ValueError(
                 f"speculative sampling needs autoregressive models of binary or 8-bit data; the {role} "
                 f"{_name(model)!r} is not one"
             )
-        if getattr(model, "num_classes", 0):
-            raise ValueError(f"speculative sampling of class-conditional models is not supported (the {role} {_name(model)!r})")
     masks = int(getattr(getattr(target, "config", None), "num_masks", 1))
     if masks > 1:
         # its log_prob is a mixture over masks, not the product of the active mask's conditionals

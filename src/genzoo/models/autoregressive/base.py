@@ -6,6 +6,11 @@ where the order of the dimensions is ``generation_order`` and each model compute
 ℓ_d in one pass (``conditional_logits``). Sampling draws uniforms u ∈ [0, 1)^D and sets
 x_d = 1[u_d < σ(ℓ_d)] dimension by dimension; feeding the same u to two samplers must give
 the same x, which is how the fast samplers are tested against ``sample_naive``.
+
+``chain_rule_conditionals`` names the conditionals a model offers for its own distribution
+("binary", "categorical" or ""); generic tools (speculative sampling, the generic autoregressive
+tests) go by it rather than by the model's class, since a model may decide per instance
+(PixelCNN and Gated PixelCNN: binary or 8-bit data; a class-conditional Gated PixelCNN: none).
 """
 from __future__ import annotations
 
@@ -23,6 +28,20 @@ class ChainRuleModel(GenerativeModel):
     ``draw_dimension`` after a full pass of the network."""
 
     likelihood = "exact"
+
+    @property
+    def chain_rule_conditionals(self) -> str:
+        """Which conditionals p(x_d | x_<d), computed from x alone in one pass, define the model's
+        distribution by the chain rule:
+
+        * "binary": ``conditional_logits(x)``, the logits (B, D) of p(x_d = 1 | x_<d);
+        * "categorical": ``conditional_log_probs(x)``, log p(x_d = v | x_<d) of shape (B, D, V);
+        * "": none, e.g. a class-conditional model, whose likelihood without a label is a mixture
+          over classes.
+
+        A mixture over orderings (MADE with num_masks > 1) offers its active ordering's
+        conditionals, whose product is then one component of its ``log_prob``, not all of it."""
+        return ""
 
     def generation_order(self) -> torch.Tensor:
         """The dimensions in the order they are generated (natural order unless overridden)."""
@@ -58,6 +77,10 @@ class ChainRuleModel(GenerativeModel):
 class BernoulliAutoregressive(ChainRuleModel):
     support = "binary"
 
+    @property
+    def chain_rule_conditionals(self) -> str:
+        return "binary"
+
     def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ℓ_d of p(x_d = 1 | x_<d) for every d, shape (B, D), from flat x of shape (B, D)."""
         raise NotImplementedError
@@ -80,6 +103,10 @@ class CategoricalAutoregressive(ChainRuleModel):
 
     support = "grayscale"
     num_values: int = 256
+
+    @property
+    def chain_rule_conditionals(self) -> str:
+        return "categorical"
 
     def conditional_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x_d = v | x_<d) for every d and v, shape (B, D, V), from flat x of shape (B, D)."""

@@ -20,7 +20,8 @@ its kernel covers — one pixel's worth of work per layer instead of a full pass
 
 ``PixelAutoregressive`` below is the part shared with Gated PixelCNN: the data kind (binary or
 8-bit), the optional class label y (log p(x | y); without a label, the uniform mixture
-p(x) = (1/K) Σ_y p(x | y)), the naive and the cached samplers.
+p(x) = (1/K) Σ_y p(x | y)), the naive and the cached samplers, and ``chain_rule_conditionals``,
+which tells generic tools (speculative sampling) which conditionals define the distribution.
 
 References: van den Oord et al., "Pixel Recurrent Neural Networks" (ICML 2016); Ramachandran
 et al., "Fast Generation for Convolutional Autoregressive Models" (ICLR workshop 2017).
@@ -37,8 +38,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from genzoo.config import require
-from genzoo.models.autoregressive.base import BernoulliAutoregressive, CategoricalAutoregressive
-from genzoo.models.base import GenerativeModel, register_model
+from genzoo.models.autoregressive.base import CategoricalAutoregressive, ChainRuleModel
+from genzoo.models.base import register_model
 from genzoo.nn.masked_conv import ActivationCache, MaskedConv2d
 
 __all__ = ["PixelCNN", "PixelCNNConfig", "PixelModelConfig", "PixelAutoregressive", "image_size", "pointwise"]
@@ -60,36 +61,19 @@ def pointwise(conv: nn.Conv2d, v: torch.Tensor) -> torch.Tensor:
     return F.linear(v, conv.weight[:, :, 0, 0], conv.bias)
 
 
-_KIND_CLASSES: dict[tuple[type, type], type] = {}
-
-
-class PixelAutoregressive(GenerativeModel):
+class PixelAutoregressive(ChainRuleModel):
     """A raster-order image model for binary ("binary") or 8-bit ("grayscale") pixels, optionally
-    conditioned on a class label. Subclasses implement ``network(x, y) -> (B, V_out, H, W)``
-    (V_out = 1 logit, or 256 logits) and the cached sampler's ``start_generation``,
-    ``begin_row`` and ``logits_at``.
+    conditioned on a class label. Subclasses implement ``features(x, y) -> (B, F, H, W)`` (read by
+    the ``head`` and ``out`` layers: V_out = 1 logit, or 256 logits) and the cached sampler's
+    ``start_generation``, ``begin_row`` and ``logits_at``.
 
-    An instance is also a ``BernoulliAutoregressive`` (binary data) or a
-    ``CategoricalAutoregressive`` (8-bit data) when its conditionals define its distribution, so
-    that generic tools (speculative sampling) accept exactly those; a class-conditional model is
-    neither: without a label its likelihood is a mixture over classes, not a product of
-    conditionals."""
+    It offers ``conditional_logits`` (binary data) or ``conditional_log_probs`` (8-bit data), and
+    ``chain_rule_conditionals`` says which of them defines its distribution: "binary" or
+    "categorical", and "" for a class-conditional model, whose likelihood without a label is a
+    mixture over classes, not a product of conditionals."""
 
     num_classes: int = 0
     num_values: int = CategoricalAutoregressive.num_values
-
-    def __new__(cls, *args, **kwargs):
-        if not args and not kwargs or issubclass(cls, (BernoulliAutoregressive, CategoricalAutoregressive)):
-            return super().__new__(cls)  # copy and pickle (no arguments), or the kind already chosen
-        config = args[1] if len(args) > 1 else kwargs.get("config")
-        kind = getattr(config, "data_kind", "binary")
-        base = None if getattr(config, "num_classes", 0) else (
-            BernoulliAutoregressive if kind == "binary" else CategoricalAutoregressive)
-        if base is not None:
-            if (cls, base) not in _KIND_CLASSES:  # one subclass per (model, kind), made once
-                _KIND_CLASSES[cls, base] = type(cls.__name__, (cls, base), {"__module__": cls.__module__})
-            cls = _KIND_CLASSES[cls, base]
-        return super().__new__(cls)
 
     def __init__(self, data_shape: tuple[int, ...], data_kind: str, num_classes: int = 0):
         super().__init__(data_shape)
@@ -101,7 +85,14 @@ class PixelAutoregressive(GenerativeModel):
     # -- labels ------------------------------------------------------------------------
     @property
     def conditional(self) -> bool:
+        """Class-conditional: p(x | y), y ∈ {0, …, num_classes − 1}."""
         return self.num_classes > 0
+
+    @property
+    def chain_rule_conditionals(self) -> str:
+        if self.conditional:
+            return ""
+        return "binary" if self.support == "binary" else "categorical"
 
     def _labels(self, y: torch.Tensor | int | None, batch: int) -> torch.Tensor | None:
         """y as (B,) class indices on the model's device; None for an unconditional model."""
@@ -180,15 +171,7 @@ class PixelAutoregressive(GenerativeModel):
     def loss(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         return -self.log_prob(x, y).mean()
 
-    # -- sampling ----------------------------------------------------------------------
-    def generation_order(self) -> torch.Tensor:
-        return torch.arange(self.num_dims)
-
-    def draw_uniforms(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        device = generator.device if generator is not None else self.device
-        u = torch.rand(n, self.num_dims, generator=generator, device=device)
-        return u.to(self.device, self._dtype())
-
+    # -- sampling (raster order: ChainRuleModel's generation_order and draw_uniforms) ------
     def _labels_for_sampling(self, u: torch.Tensor, y) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The labels to sample with; a conditional model given none draws y uniformly from the
         first uniform, rescaled so that it stays U[0, 1) for the first pixel (one set of draws
@@ -206,6 +189,11 @@ class PixelAutoregressive(GenerativeModel):
         if self.support == "binary":
             return (u < torch.sigmoid(out[:, 0])).to(u.dtype)
         return CategoricalAutoregressive.inverse_cdf(F.log_softmax(out, dim=-1), u)
+
+    def draw_dimension(self, x: torch.Tensor, d: int, u_d: torch.Tensor,
+                       y: torch.Tensor | int | None = None) -> torch.Tensor:
+        """x_d drawn by the uniforms u_d (B,) given x (B, D) with x_<d filled in (and labels y)."""
+        return self._draw(self._outputs(x, self._labels(y, len(x)))[:, d], u_d)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, y: torch.Tensor | int | None = None) -> torch.Tensor:

@@ -100,6 +100,7 @@ def test_unknown_key_in_data(tmp_path):
         ("train", "lr_decay = 1.5", "lr_decay"),
         ("train", "lr_decay = 0", "lr_decay"),
         ("train", "weight_decay = -1", "weight_decay"),
+        ("train", "l1_penalty = -1e-4", "l1_penalty"),
         ("train", "grad_clip = -1", "grad_clip"),
         ("train", "patience = -1", "patience"),
         ("train", "max_seconds = -1", "max_seconds"),

@@ -14,7 +14,7 @@ from conftest import tiny_run_config
 from genzoo.checkpoint import CheckpointError, load_checkpoint
 from genzoo.config import load_run_config
 from genzoo.data import DataError
-from genzoo.training import RunFolder, Trainer
+from genzoo.training import RunFolder, Trainer, weight_l1_norm
 
 #: metrics that measure wall-clock time, which two identical runs do not share
 TIMING_KEYS = {"epoch_seconds", "examples_per_second"}
@@ -368,3 +368,30 @@ def test_trainer_calls_the_epoch_hook_and_validates_with_the_cheaper_score(tmp_p
     assert result.best_valid_nll == pytest.approx(min(r["valid_nll"] for r in records))
     Trainer.resume(tmp_path / "run", progress=False, epochs=3).fit()
     assert seen[-1] == (3, 3)
+
+
+# -- L1 penalty --------------------------------------------------------------------------------------
+
+
+def test_weight_l1_norm_counts_weights_not_biases_nor_masked_entries():
+    fvsbn = genzoo.build_model("fvsbn", 6)
+    torch.nn.init.normal_(fvsbn.linear.weight)
+    torch.nn.init.normal_(fvsbn.linear.bias)
+    expected = (fvsbn.linear.weight * torch.ones(6, 6).tril(-1)).abs().sum()
+    assert torch.allclose(weight_l1_norm(fvsbn), expected)
+    assert weight_l1_norm(fvsbn) < fvsbn.linear.weight.abs().sum()  # the masked entries are left out
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Conv2d(1, 2, 3), torch.nn.LayerNorm(2))
+    expected = net[0].weight.abs().sum() + net[2].weight.abs().sum()
+    assert torch.allclose(weight_l1_norm(net), expected)
+
+
+def test_l1_penalty_makes_weights_sparse(tmp_path):
+    def weights(l1: float) -> torch.Tensor:
+        config = tiny_run_config("fvsbn", epochs=3, lr=1e-2, l1_penalty=l1)
+        model = _fit(config, tmp_path / f"l1-{l1}").model
+        return model.linear.masked_weight()[model.linear.mask.bool()]
+
+    plain, penalized = weights(0.0), weights(3e-2)
+    assert penalized.abs().sum() < 0.5 * plain.abs().sum()
+    assert (penalized.abs() < 1e-2).float().mean() > (plain.abs() < 1e-2).float().mean() + 0.2

@@ -134,6 +134,10 @@ class TrainConfig:
     #: per-epoch factor of the exponential schedule
     lr_decay: float = 1.0
     weight_decay: float = 0.0
+    #: λ of an L1 penalty λ·Σ|w| added to the training loss, over the weights of linear and
+    #: convolutional layers (a masked layer's masked entries excluded; never biases): sparse
+    #: weights, e.g. an FVSBN's logistic regressions ignoring far-away pixels
+    l1_penalty: float = 0.0
     #: clip the global gradient norm to this value; 0 turns clipping off
     grad_clip: float = 0.0
     #: stop after this many epochs without a better validation NLL; 0 never stops early
@@ -153,6 +157,7 @@ class TrainConfig:
         require(self.lr > 0, f"train: lr must be positive, got {self.lr}")
         require(0 < self.lr_decay <= 1, f"train: lr_decay must lie in (0, 1], got {self.lr_decay}")
         require(self.weight_decay >= 0, f"train: weight_decay must be non-negative, got {self.weight_decay}")
+        require(self.l1_penalty >= 0, f"train: l1_penalty must be non-negative, got {self.l1_penalty}")
         require(self.grad_clip >= 0, f"train: grad_clip must be non-negative, got {self.grad_clip}")
         require(self.patience >= 0, f"train: patience must be non-negative, got {self.patience}")
         require(self.max_seconds >= 0, f"train: max_seconds must be non-negative, got {self.max_seconds}")

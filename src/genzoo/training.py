@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from genzoo.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -32,7 +33,7 @@ from genzoo.images import save_loss_curve
 from genzoo.models import GenerativeModel, build_model
 from genzoo.models.base import model_config_class
 
-__all__ = ["Trainer", "TrainResult", "RunFolder"]
+__all__ = ["Trainer", "TrainResult", "RunFolder", "weight_l1_norm"]
 
 
 @dataclass
@@ -102,6 +103,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch
     if train.lr_schedule == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=train.lr_decay)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def weight_l1_norm(model: nn.Module) -> torch.Tensor:
+    """Σ|w| over the weights of the linear and convolutional layers, the L1 penalty's norm.
+
+    A masked layer counts its masked weight (entries the mask removes are not parameters of the
+    model, so they are not penalized); biases and normalization parameters are never counted."""
+    total = torch.zeros((), device=next(model.parameters()).device)
+    for module in model.modules():
+        if hasattr(module, "masked_weight"):
+            total = total + module.masked_weight().abs().sum()
+        elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            total = total + module.weight.abs().sum()
+    return total
 
 
 class Trainer:
@@ -280,8 +295,9 @@ class Trainer:
                 loss = model.loss(x) if train_y is None else model.loss(x, y=train_y[index].to(self.device))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}; lower the learning rate")
+                objective = loss + cfg.l1_penalty * weight_l1_norm(model) if cfg.l1_penalty else loss
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                objective.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()

@@ -1,7 +1,10 @@
 """NADE's logits through the fused C kernel (``nade.c``), as an autograd function.
 
 The batch is cut into one contiguous slice per thread; each slice runs the kernel on its own
-thread (ctypes releases the GIL) with its own gradient accumulators, summed at the end.
+thread (ctypes releases the GIL) with its own gradient accumulators, summed at the end. The
+layout changes around the kernel (W transposed, H padded; the per-thread sums) are C functions
+too, split over the same threads by rows d: a multithreaded PyTorch op here would cost more than
+its work on a busy machine, where OpenMP's spin-waiting threads stall on each other.
 """
 from __future__ import annotations
 
@@ -20,9 +23,14 @@ _ptr = ctypes.c_void_p
 def _library() -> ctypes.CDLL | None:
     lib = load("nade")
     if lib is not None and not getattr(lib, "_genzoo_typed", False):
-        lib.nade_forward.argtypes = [_ptr] * 7 + [_i64] * 3
+        lib.nade_forward.argtypes = [_ptr] * 8 + [_i64] * 3
         lib.nade_backward.argtypes = [_ptr] * 10 + [_i64] * 3
-        lib.nade_forward.restype = lib.nade_backward.restype = None
+        lib.nade_prepare.argtypes = [_ptr] * 4 + [_i64] * 5
+        lib.nade_finish.argtypes = [_ptr] * 2 + [_i64, _ptr, _i64] + [_ptr] * 3 + [_i64] * 5
+        for f in (lib.nade_forward, lib.nade_backward, lib.nade_prepare, lib.nade_finish):
+            f.restype = None
+        lib.nade_scratch_floats.argtypes, lib.nade_scratch_floats.restype = [_i64], _i64
+        lib.nade_lanes.argtypes, lib.nade_lanes.restype = [], _i64
         lib._genzoo_typed = True
     return lib
 
@@ -32,50 +40,73 @@ def nade_kernel_available(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and _library() is not None
 
 
-def _slices(batch: int) -> list[tuple[int, int]]:
-    parts = max(1, min(torch.get_num_threads(), batch))
-    bounds = [round(i * batch / parts) for i in range(parts + 1)]
+def _slices(n: int) -> list[tuple[int, int]]:
+    """[0, n) cut into up to one contiguous range per thread."""
+    parts = max(1, min(torch.get_num_threads(), n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
 
 
 def _run(calls) -> None:
-    if len(calls) == 1:
-        calls[0]()
+    """Runs the calls in parallel, the first on this thread (one thread fewer to wake and wait on)."""
+    if not calls:
         return
-    for future in [thread_pool(len(calls)).submit(call) for call in calls]:
+    futures = [thread_pool(len(calls) - 1).submit(call) for call in calls[1:]]
+    calls[0]()
+    for future in futures:
         future.result()
 
 
 class NADELogitsKernel(torch.autograd.Function):
-    """Same contract as the reference ``_NADELogits``: (x, W, c, V, b) -> logits (B, D)."""
+    """Same contract as the reference ``_NADELogits``: (x, W, c, V, b) -> logits (B, D).
+
+    The kernel runs on H padded to a multiple of its vector width (``nade_lanes``): the padded
+    hidden units have zero weights in W, V and c, so they change no logit, and their gradients
+    are dropped.
+    """
 
     @staticmethod
     def forward(ctx, x, W, c, V, b):
         lib = _library()
-        x, c, V, b = (t.detach().contiguous() for t in (x, c, V, b))
-        Wt = W.detach().t().contiguous()
+        x, W, c, V, b = (t.detach().contiguous() for t in (x, W, c, V, b))
         (B, D), H = x.shape, c.shape[0]
-        logits = torch.empty(B, D)
-        a_final = torch.empty(B, H)
-        _run([lambda lo=lo, hi=hi: lib.nade_forward(
-            pointer(x[lo:hi]), pointer(Wt), pointer(c), pointer(V), pointer(b),
-            pointer(logits[lo:hi]), pointer(a_final[lo:hi]), hi - lo, D, H) for lo, hi in _slices(B)])
-        ctx.save_for_backward(x, Wt, V, a_final)
+        lanes = lib.nade_lanes()
+        Hp = -(-H // lanes) * lanes
+        Wt, Vp = torch.empty(D, Hp), torch.empty(D, Hp) if Hp > H else V
+        _run([lambda lo=lo, hi=hi: lib.nade_prepare(
+            pointer(W), pointer(V), pointer(Wt), pointer(Vp if Hp > H else None), D, H, Hp, lo, hi)
+            for lo, hi in _slices(D)])
+        cp = torch.zeros(Hp)
+        cp[:H] = c
+        logits, a_final = torch.empty(B, D), torch.empty(B, Hp)
+        slices = _slices(B)
+        scratch = torch.empty(len(slices), lib.nade_scratch_floats(Hp))
+        _run([lambda k=k, lo=lo, hi=hi: lib.nade_forward(
+            pointer(x[lo:hi]), pointer(Wt), pointer(cp), pointer(Vp), pointer(b),
+            pointer(logits[lo:hi]), pointer(a_final[lo:hi]), pointer(scratch[k]), hi - lo, D, Hp)
+            for k, (lo, hi) in enumerate(slices)])
+        ctx.save_for_backward(x, Wt, Vp, a_final)
+        ctx.hidden = H
         return logits
 
     @staticmethod
     def backward(ctx, grad_logits):
         lib = _library()
-        x, Wt, V, a_final = ctx.saved_tensors
-        a_walk = a_final.clone()  # the kernel walks it back down; keep the saved one intact
+        x, Wt, Vp, a_final = ctx.saved_tensors
         g = grad_logits.contiguous()
-        (B, D), H = x.shape, V.shape[1]
+        (B, D), Hp, H = x.shape, Vp.shape[1], ctx.hidden
         slices = _slices(B)
-        dWt, dV = torch.zeros(len(slices), D, H), torch.zeros(len(slices), D, H)
-        dc, scratch = torch.zeros(len(slices), H), torch.empty(len(slices), H)
+        K = len(slices)
+        dWt, dV_parts, dc = torch.empty(K, D, Hp), torch.empty(K, D, Hp), torch.empty(K, Hp)
+        scratch = torch.empty(K, lib.nade_scratch_floats(Hp))
         dx = torch.empty(B, D) if ctx.needs_input_grad[0] else None
         _run([lambda k=k, lo=lo, hi=hi: lib.nade_backward(
-            pointer(g[lo:hi]), pointer(x[lo:hi]), pointer(Wt), pointer(V), pointer(a_walk[lo:hi]),
-            pointer(dWt[k]), pointer(dV[k]), pointer(dc[k]), pointer(dx[lo:hi] if dx is not None else None),
-            pointer(scratch[k]), hi - lo, D, H) for k, (lo, hi) in enumerate(slices)])
-        return dx, dWt.sum(0).t().contiguous(), dc.sum(0), dV.sum(0), g.sum(0)
+            pointer(g[lo:hi]), pointer(x[lo:hi]), pointer(Wt), pointer(Vp), pointer(a_final[lo:hi]),
+            pointer(dWt[k]), pointer(dV_parts[k]), pointer(dc[k]),
+            pointer(dx[lo:hi] if dx is not None else None), pointer(scratch[k]), hi - lo, D, Hp)
+            for k, (lo, hi) in enumerate(slices)])
+        dW, dV, db = torch.empty(H, D), torch.empty(D, H), torch.empty(D)
+        _run([lambda lo=lo, hi=hi: lib.nade_finish(
+            pointer(dWt), pointer(dV_parts), K, pointer(g), B, pointer(dW), pointer(dV), pointer(db),
+            D, H, Hp, lo, hi) for lo, hi in _slices(D)])
+        return dx, dW, dc.sum(0)[:H], dV, db

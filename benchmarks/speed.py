@@ -17,7 +17,7 @@ import genzoo
 import peer_style
 from common import RESULTS, command_line, device_description, median_seconds
 from genzoo.config import RunConfig
-from genzoo.devices import keep_freed_cpu_memory, resolve_device
+from genzoo.devices import flush_subnormal_floats, keep_freed_cpu_memory, resolve_device
 from genzoo.training import make_optimizer
 
 D = 784
@@ -105,6 +105,8 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     allocator_tuned = device.type == "cpu" and keep_freed_cpu_memory()  # as the Trainer does
+    if device.type == "cpu":
+        flush_subnormal_floats()  # as the Trainer does
 
     peak = matmul_gflops(device, repeats=args.repeats)
     print(f"device: {device_description(device)}; float32 matmul (2048²): {peak:.1f} GFLOP/s")

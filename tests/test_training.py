@@ -346,6 +346,15 @@ def test_keep_freed_cpu_memory_is_idempotent_and_harmless():
     assert torch.ones(3000, 3000).sum().item() == 9_000_000
 
 
+def test_trainer_flushes_subnormal_floats_on_the_cpu(tmp_path):
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush subnormal floats")
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # below float32's smallest normal, 1.2e-38
+    assert (tiny * 1.0).item() != 0  # kept (slowly) by default
+    Trainer(tiny_run_config(), tmp_path / "run", progress=False)
+    assert (tiny * 1.0).item() == 0
+
+
 def test_trainer_calls_the_epoch_hook_and_validates_with_the_cheaper_score(tmp_path, monkeypatch):
     """The trainer announces every epoch (also after a resume) and scores validation with
     ``validation_log_prob``, recording its detail in the metrics."""

@@ -241,6 +241,7 @@ def test_max_seconds_stops_after_the_first_epoch(tmp_path):
         ("constant", {}, [0.01, 0.01, 0.01]),
         ("exponential", {"lr_decay": 0.5}, [0.005, 0.0025, 0.00125]),
         ("cosine", {}, [0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in (1, 2, 3)]),
+        ("multistep", {"lr_decay": 0.5, "lr_milestones": (1, 3)}, [0.005, 0.005, 0.0025]),
     ],
 )
 def test_learning_rate_schedules(tmp_path, schedule, extra, expected):
@@ -404,3 +405,11 @@ def test_l1_penalty_makes_weights_sparse(tmp_path):
     plain, penalized = weights(0.0), weights(3e-2)
     assert penalized.abs().sum() < 0.5 * plain.abs().sum()
     assert (penalized.abs() < 1e-2).float().mean() > (plain.abs() < 1e-2).float().mean() + 0.2
+
+
+def test_adam_eps_reaches_the_optimizer():
+    model = genzoo.build_model("fvsbn", 4)
+    default = genzoo.training.make_optimizer(model, tiny_run_config("fvsbn"))
+    burda = genzoo.training.make_optimizer(model, tiny_run_config("fvsbn", adam_eps=1e-4))
+    assert default.param_groups[0]["eps"] == 1e-8
+    assert burda.param_groups[0]["eps"] == 1e-4

@@ -130,9 +130,13 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 100
     lr: float = 1e-3
-    lr_schedule: Literal["constant", "cosine", "exponential"] = "constant"
-    #: per-epoch factor of the exponential schedule
+    lr_schedule: Literal["constant", "cosine", "exponential", "multistep"] = "constant"
+    #: the factor of the exponential schedule (every epoch) and of the multistep one (at each milestone)
     lr_decay: float = 1.0
+    #: multistep: the epochs after which the learning rate is multiplied by lr_decay (increasing)
+    lr_milestones: tuple[int, ...] = ()
+    #: Adam's ε, added to √v in its denominator (Burda et al. 2016 use 1e-4)
+    adam_eps: float = 1e-8
     weight_decay: float = 0.0
     #: λ of an L1 penalty λ·Σ|w| added to the training loss, over the weights of linear and
     #: convolutional layers (a masked layer's masked entries excluded; never biases): sparse
@@ -156,6 +160,12 @@ class TrainConfig:
         require(self.eval_batch_size >= 1, f"train: eval_batch_size must be at least 1, got {self.eval_batch_size}")
         require(self.lr > 0, f"train: lr must be positive, got {self.lr}")
         require(0 < self.lr_decay <= 1, f"train: lr_decay must lie in (0, 1], got {self.lr_decay}")
+        self.lr_milestones = tuple(self.lr_milestones)
+        require(all(m >= 1 for m in self.lr_milestones) and list(self.lr_milestones) == sorted(set(self.lr_milestones)),
+                f"train: lr_milestones must be increasing epochs of at least 1, got {list(self.lr_milestones)}")
+        require(self.lr_schedule != "multistep" or bool(self.lr_milestones),
+                'train: lr_schedule = "multistep" needs lr_milestones, e.g. [10, 20]')
+        require(self.adam_eps > 0, f"train: adam_eps must be positive, got {self.adam_eps}")
         require(self.weight_decay >= 0, f"train: weight_decay must be non-negative, got {self.weight_decay}")
         require(self.l1_penalty >= 0, f"train: l1_penalty must be non-negative, got {self.l1_penalty}")
         require(self.grad_clip >= 0, f"train: grad_clip must be non-negative, got {self.grad_clip}")

@@ -90,10 +90,12 @@ class TrainResult:
 def make_optimizer(model: GenerativeModel, config: RunConfig) -> torch.optim.Optimizer:
     """Adam; the fused kernel where this torch has one for the device (1.7x faster MADE steps on CPU)."""
     params = list(model.parameters())
+    train = config.train
+    options = {"lr": train.lr, "eps": train.adam_eps, "weight_decay": train.weight_decay}
     try:
-        return torch.optim.Adam(params, lr=config.train.lr, weight_decay=config.train.weight_decay, fused=True)
+        return torch.optim.Adam(params, **options, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+        return torch.optim.Adam(params, **options)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.optim.lr_scheduler.LRScheduler:
@@ -102,6 +104,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
     if train.lr_schedule == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=train.lr_decay)
+    if train.lr_schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(train.lr_milestones), gamma=train.lr_decay)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 

@@ -17,7 +17,7 @@ import genzoo
 import peer_style
 from common import RESULTS, command_line, device_description, median_seconds
 from genzoo.config import RunConfig
-from genzoo.devices import flush_subnormal_floats, keep_freed_cpu_memory, resolve_device
+from genzoo.devices import resolve_device, tune_cpu_process
 from genzoo.training import make_optimizer
 
 D = 784
@@ -104,14 +104,12 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    allocator_tuned = device.type == "cpu" and keep_freed_cpu_memory()  # as the Trainer does
-    if device.type == "cpu":
-        flush_subnormal_floats()  # as the Trainer does
+    cpu_settings = tune_cpu_process() if device.type == "cpu" else {}  # as the Trainer does
 
     peak = matmul_gflops(device, repeats=args.repeats)
     print(f"device: {device_description(device)}; float32 matmul (2048²): {peak:.1f} GFLOP/s")
     record = {"device": device_description(device), "threads": torch.get_num_threads(), "matmul_gflops": peak,
-              "glibc_keeps_freed_memory": allocator_tuned,
+              "glibc_keeps_freed_memory": cpu_settings.get("glibc_keeps_freed_memory", False),
               "command": command_line(), "models": {}}
     for name in ("fvsbn", "nade", "made"):
         hyper, batch = CONFIGS[name]

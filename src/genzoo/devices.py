@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "seed_everything", "keep_freed_cpu_memory", "flush_subnormal_floats"]
+__all__ = ["resolve_device", "seed_everything", "keep_freed_cpu_memory", "flush_subnormal_floats", "tune_cpu_process"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _allocator_tuned = False
@@ -69,3 +69,9 @@ def flush_subnormal_floats() -> bool:
     trainer calls it, not import. Returns whether the CPU supports it.
     """
     return bool(torch.set_flush_denormal(True))
+
+
+def tune_cpu_process() -> dict[str, bool]:
+    """The process-wide CPU settings that training runs under (the trainer and the speed
+    benchmark both call this, so they measure the same thing); says which took effect."""
+    return {"glibc_keeps_freed_memory": keep_freed_cpu_memory(), "flushes_subnormal_floats": flush_subnormal_floats()}

@@ -27,7 +27,7 @@ from genzoo.checkpoint import CheckpointError, load_checkpoint, model_from_check
 from genzoo.config import RunConfig, dump_toml, load_run_config
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.download import DataError
-from genzoo.devices import flush_subnormal_floats, keep_freed_cpu_memory, seed_everything
+from genzoo.devices import seed_everything, tune_cpu_process
 from genzoo.evaluation import evaluate
 from genzoo.images import save_loss_curve
 from genzoo.models import GenerativeModel, build_model
@@ -138,8 +138,7 @@ class Trainer:
         self.run = RunFolder(Path(run_dir))
         self.device = torch.device(device)
         if self.device.type == "cpu":
-            keep_freed_cpu_memory()
-            flush_subnormal_floats()
+            tune_cpu_process()
         self.data_dir = data_dir
         self.progress = progress
         self.overwrite = overwrite  # replace a run already in run_dir (only once data and model are built)

@@ -108,6 +108,7 @@ def test_unknown_key_in_data(tmp_path):
         ("train", "l1_penalty = -1e-4", "l1_penalty"),
         ("train", "grad_clip = -1", "grad_clip"),
         ("train", "patience = -1", "patience"),
+        ("train", "eval_every = 0", "eval_every"),
         ("train", "max_seconds = -1", "max_seconds"),
         ("train", 'seed = "0"', "seed"),
         ("data", 'binarization = "static"', "binarization"),

@@ -235,6 +235,48 @@ def test_max_seconds_stops_after_the_first_epoch(tmp_path):
     assert result.stopped_because.startswith("reached max_seconds")
 
 
+def test_eval_every_validates_on_its_schedule_and_at_the_end(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _fit(tiny_run_config("made", epochs=5, lr=1e-2, eval_every=2), run_dir)
+    records = RunFolder(run_dir).read_metrics()
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
+    validated = [r for r in records if "valid_nll" in r]
+    assert [r["epoch"] for r in validated] == [2, 4, 5]
+    assert set(records[0]) == METRIC_KEYS - {"valid_nll", "valid_bits_per_dim"}
+    best = min(validated, key=lambda r: r["valid_nll"])
+    assert (result.best_epoch, result.best_valid_nll) == (best["epoch"], best["valid_nll"])
+    assert load_checkpoint(RunFolder(run_dir).best)["epoch"] == best["epoch"]
+    assert RunFolder(run_dir).loss_curve.exists()
+
+
+def test_patience_counts_epochs_when_validating_every_few(tmp_path):
+    """The weights never change (see test_early_stopping): validation at 2 is the best, 4 and 6
+    are not, and patience 4 counts the epochs since, so the run stops after epoch 6."""
+    result = _fit(tiny_run_config("made", epochs=20, lr=1e-30, patience=4, eval_every=2), tmp_path / "run")
+    assert result.epochs_completed == 6 and result.best_epoch == 2
+    assert result.stopped_because == "no better validation NLL in 4 epochs"
+
+
+def test_max_seconds_validates_the_epoch_it_stops_at(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _fit(tiny_run_config("fvsbn", epochs=10, eval_every=5, max_seconds=1e-9), run_dir)
+    assert result.epochs_completed == 1 and result.best_epoch == 1
+    assert "valid_nll" in RunFolder(run_dir).read_metrics()[0]
+
+
+def test_resume_with_eval_every_keeps_counting_patience(tmp_path):
+    """Stopped after epoch 4 (validated at 2 and 4) and resumed, the run validates at 6 and stops
+    there, as the uninterrupted run does: the epochs without improvement carry over."""
+    config = dict(lr=1e-30, patience=4, eval_every=2)
+    whole = _fit(tiny_run_config("made", epochs=20, **config), tmp_path / "whole")
+    _fit(tiny_run_config("made", epochs=4, **config), tmp_path / "part")
+    resumed = Trainer.resume(tmp_path / "part", epochs=20, progress=False).fit()
+    assert whole.epochs_completed == resumed.epochs_completed == 6
+    assert whole.stopped_because == resumed.stopped_because == "no better validation NLL in 4 epochs"
+    records = [r for r in RunFolder(tmp_path / "part").read_metrics() if "valid_nll" in r]
+    assert [r["epoch"] for r in records] == [2, 4, 6]
+
+
 @pytest.mark.parametrize(
     "schedule, extra, expected",
     [

@@ -146,6 +146,9 @@ class TrainConfig:
     grad_clip: float = 0.0
     #: stop after this many epochs without a better validation NLL; 0 never stops early
     patience: int = 0
+    #: validate (and keep the best checkpoint) every this many epochs, and always at the end;
+    #: for models whose validation costs more than an epoch, e.g. a 32-mask MADE ensemble
+    eval_every: int = 1
     eval_batch_size: int = 1000
     #: stop training after this much wall-clock time (seconds); 0 means no limit
     max_seconds: float = 0.0
@@ -170,6 +173,7 @@ class TrainConfig:
         require(self.l1_penalty >= 0, f"train: l1_penalty must be non-negative, got {self.l1_penalty}")
         require(self.grad_clip >= 0, f"train: grad_clip must be non-negative, got {self.grad_clip}")
         require(self.patience >= 0, f"train: patience must be non-negative, got {self.patience}")
+        require(self.eval_every >= 1, f"train: eval_every must be at least 1, got {self.eval_every}")
         require(self.max_seconds >= 0, f"train: max_seconds must be non-negative, got {self.max_seconds}")
 
 

@@ -52,7 +52,8 @@ def save_loss_curve(records: Sequence[dict], path: str | Path, title: str = "") 
     epochs = [r["epoch"] for r in records]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [r["train_loss"] for r in records], marker="o", label="train loss (nats)")
-    ax.plot(epochs, [r["valid_nll"] for r in records], marker="o", label="valid NLL (nats)")
+    validated = [r for r in records if "valid_nll" in r]  # with eval_every > 1 not every epoch is
+    ax.plot([r["epoch"] for r in validated], [r["valid_nll"] for r in validated], marker="o", label="valid NLL (nats)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats per example")
     ax.set_title(title)

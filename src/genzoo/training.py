@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genzoo.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from genzoo.config import RunConfig, dump_toml, load_run_config
+from genzoo.config import RunConfig, TrainConfig, dump_toml, load_run_config
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.download import DataError
 from genzoo.devices import seed_everything, tune_cpu_process
@@ -121,6 +121,16 @@ def weight_l1_norm(model: nn.Module) -> torch.Tensor:
         elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
             total = total + module.weight.abs().sum()
     return total
+
+
+def validation_due(epoch: int, train_cfg: TrainConfig) -> bool:
+    """Whether the trainer validates after ``epoch``: every ``eval_every`` epochs and at the end."""
+    return epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs
+
+
+def previous_validation_epoch(epoch: int, train_cfg: TrainConfig) -> int:
+    """The scheduled validation before ``epoch`` (0 before the first), for counting patience in epochs."""
+    return (epoch - 1) // train_cfg.eval_every * train_cfg.eval_every
 
 
 class Trainer:
@@ -233,23 +243,28 @@ class Trainer:
                 scheduler.step()
                 epoch_seconds = time.perf_counter() - tic
                 seconds += epoch_seconds
-                result = evaluate(model, valid, "valid", train_cfg.eval_batch_size, validation=True, labels=data.valid_labels)
-                improved = result.nll_nats < best_nll
-                if improved:
-                    best_nll, best_epoch, stale = result.nll_nats, epoch, 0
-                elif model.final_training_stage:  # patience never ends a run before its last stage
-                    stale += 1
+                out_of_time = bool(train_cfg.max_seconds) and seconds >= train_cfg.max_seconds
                 record = {
                     "epoch": epoch,
                     "train_loss": train_loss,
-                    "valid_nll": result.nll_nats,
-                    "valid_bits_per_dim": result.bits_per_dim,
-                    **({"valid_likelihood": result.likelihood_detail} if result.likelihood_detail else {}),
                     "lr": optimizer.param_groups[0]["lr"],
                     "epoch_seconds": epoch_seconds,
                     "examples_per_second": len(train_x) / epoch_seconds,
                     **model.epoch_metrics(),
                 }
+                improved = False
+                if validation_due(epoch, train_cfg) or out_of_time:
+                    result = evaluate(model, valid, "valid", train_cfg.eval_batch_size, validation=True, labels=data.valid_labels)
+                    improved = result.nll_nats < best_nll
+                    if improved:
+                        best_nll, best_epoch, stale = result.nll_nats, epoch, 0
+                    elif model.final_training_stage:  # patience never ends a run before its last stage
+                        stale += epoch - previous_validation_epoch(epoch, train_cfg)
+                    record.update({
+                        "valid_nll": result.nll_nats,
+                        "valid_bits_per_dim": result.bits_per_dim,
+                        **({"valid_likelihood": result.likelihood_detail} if result.likelihood_detail else {}),
+                    })
                 with open(self.run.metrics, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 payload = {
@@ -269,14 +284,15 @@ class Trainer:
                 save_checkpoint(payload, self.run.last)
                 if improved:
                     save_checkpoint(payload, self.run.best)
+                validated = f", valid NLL {record['valid_nll']:.3f} nats{' (best)' if improved else ''}" if "valid_nll" in record else ""
                 self._say(
-                    f"epoch {epoch}/{train_cfg.epochs}: train loss {train_loss:.3f}, valid NLL {result.nll_nats:.3f} nats"
-                    f"{' (best)' if improved else ''}, {record['examples_per_second']:.0f} examples/s"
+                    f"epoch {epoch}/{train_cfg.epochs}: train loss {train_loss:.3f}{validated}, "
+                    f"{record['examples_per_second']:.0f} examples/s"
                 )
                 if train_cfg.patience and stale >= train_cfg.patience:
                     stopped_because = f"no better validation NLL in {stale} epochs"
                     break
-                if train_cfg.max_seconds and seconds >= train_cfg.max_seconds:
+                if out_of_time:
                     stopped_because = f"reached max_seconds = {train_cfg.max_seconds:g}"
                     break
         records = self.run.read_metrics()

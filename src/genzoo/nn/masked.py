@@ -19,11 +19,14 @@ class MaskedLinear(nn.Linear):
         if mask is not None:
             self.set_mask(mask)
 
-    def set_mask(self, mask: torch.Tensor) -> None:
+    def set_mask(self, mask: torch.Tensor, copy: bool = True) -> None:
+        """Use ``mask`` from now on; ``copy=False`` adopts it as is (the caller gives up a fresh
+        tensor, saving a copy when masks change at every step)."""
         if mask.shape != self.weight.shape:
             raise ValueError(f"mask has shape {tuple(mask.shape)}, weight has {tuple(self.weight.shape)}")
         # A new tensor, not copy_(): a graph built under the previous mask still needs that mask.
-        self.mask = mask.to(self.mask.device, self.mask.dtype).clone()
+        converted = mask.to(self.mask.device, self.mask.dtype)
+        self.mask = converted.clone() if copy and converted is mask else converted
 
     def masked_weight(self) -> torch.Tensor:
         return self.weight * self.mask

@@ -467,3 +467,25 @@ def test_masked_linear_rejects_a_mask_of_the_wrong_shape():
     layer = MaskedLinear(3, 2)
     with pytest.raises(ValueError, match=r"mask has shape \(3, 2\), weight has \(2, 3\)"):
         layer.set_mask(torch.ones(3, 2))
+
+
+def test_masked_linear_copies_a_mask_unless_told_not_to():
+    layer = MaskedLinear(3, 2)
+    mask = torch.ones(2, 3)
+    layer.set_mask(mask)
+    mask[0, 0] = 0  # the caller's tensor changes; the layer's copy does not
+    assert layer.mask[0, 0] == 1
+    fresh = torch.zeros(2, 3)
+    layer.set_mask(fresh, copy=False)
+    assert layer.mask is fresh
+
+
+def test_made_degree_masks_match_the_definition():
+    degrees = made_degrees(6, (9, 7), order_agnostic=True, seed=4)
+    hidden_1, hidden_2, output = made_masks(degrees)
+    for mask, d_out, d_in, strict in [(hidden_1, degrees[1], degrees[0], False), (hidden_2, degrees[2], degrees[1], False),
+                                      (output, degrees[0], degrees[2], True)]:
+        assert mask.dtype == torch.float32
+        for k in range(len(d_out)):
+            for j in range(len(d_in)):
+                assert mask[k, j] == float(d_out[k] > d_in[j] if strict else d_out[k] >= d_in[j])

@@ -293,6 +293,34 @@ def test_learning_rate_schedules(tmp_path, schedule, extra, expected):
     assert lrs == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
 
+def test_extending_a_cosine_run_stretches_the_rest_of_its_schedule(tmp_path):
+    """A resume with a new epoch total continues the cosine toward the new end (it used to keep
+    the old period and swing the lr back up to its starting value)."""
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=2, lr=0.01, lr_schedule="cosine", batch_size=500), run_dir)
+    Trainer.resume(run_dir, epochs=4, progress=False).fit()
+    lrs = [r["lr"] for r in RunFolder(run_dir).read_metrics()]
+    cosine = lambda e, total: 0.01 * (1 + math.cos(math.pi * e / total)) / 2  # noqa: E731
+    assert lrs == pytest.approx([cosine(1, 2), cosine(2, 2), cosine(3, 4), cosine(4, 4)], abs=1e-15)
+    assert lrs[2] > 0.0 and lrs[3] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_a_checkpoint_from_the_old_cosine_scheduler_resumes(tmp_path):
+    """Runs saved while the cosine schedule was a CosineAnnealingLR still resume."""
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=2, lr=0.01, lr_schedule="cosine", batch_size=500), run_dir)
+    last = RunFolder(run_dir).last
+    payload = load_checkpoint(last)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    old = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=2)
+    old.step(), old.step()
+    payload["scheduler"] = old.state_dict()
+    genzoo.training.save_checkpoint(payload, last)
+    Trainer.resume(run_dir, epochs=4, progress=False).fit()
+    lrs = [r["lr"] for r in RunFolder(run_dir).read_metrics()]
+    assert lrs[2:] == pytest.approx([0.01 * (1 + math.cos(math.pi * 3 / 4)) / 2, 0.0], abs=1e-15)
+
+
 def test_binary_model_on_8bit_data_needs_binarization(tmp_path):
     data = tmp_path / "gray.npy"
     np.save(data, np.random.default_rng(0).integers(0, 256, (40, 8, 8)).astype(np.uint8))

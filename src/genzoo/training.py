@@ -98,15 +98,32 @@ def make_optimizer(model: GenerativeModel, config: RunConfig) -> torch.optim.Opt
         return torch.optim.Adam(params, **options)
 
 
+def cosine_factor(epoch: int, total_epochs: int) -> float:
+    """The cosine schedule's lr multiplier after ``epoch`` of ``total_epochs``: (1 + cos(π·t/T)) / 2."""
+    return (1.0 + math.cos(math.pi * min(epoch, total_epochs) / total_epochs)) / 2.0
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch.optim.lr_scheduler.LRScheduler:
     train = config.train
     if train.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+        # closed form read from the live config rather than CosineAnnealingLR, whose saved T_max
+        # would outlive a resume with a new epoch total and swing the lr back up to its start;
+        # here a longer run stretches the remaining schedule to its new end
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: cosine_factor(epoch, train.epochs))
     if train.lr_schedule == "exponential":
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=train.lr_decay)
     if train.lr_schedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(train.lr_milestones), gamma=train.lr_decay)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
+    """Restore a checkpoint's scheduler state, including one saved by CosineAnnealingLR (the cosine
+    schedule before it became a LambdaLR): the epoch count carries over, the schedule is the config's."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and "lr_lambdas" not in state:
+        state = {key: value for key, value in state.items() if key not in ("T_max", "eta_min")}
+        state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
+    scheduler.load_state_dict(state)
 
 
 def weight_l1_norm(model: nn.Module) -> torch.Tensor:
@@ -211,7 +228,7 @@ class Trainer:
             payload = self._resume_payload
             model.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
-            scheduler.load_state_dict(payload["scheduler"])
+            load_scheduler_state(scheduler, payload["scheduler"])
             data_order.set_state(payload["rng"]["data_order"])
             torch.set_rng_state(payload["rng"]["torch"])
             start_epoch = payload["epoch"]

@@ -68,7 +68,9 @@ def run_one(model: str, protocol: str, args: argparse.Namespace, device: torch.d
         config.train.epochs = args.epochs
     run_dir = Path(args.runs) / f"{model}-{protocol}"
     trainer = Trainer(config, run_dir, device, args.data_dir, progress=None)
+    planned_before = None  # the epoch total of the run that this one extends, if it does
     if trainer.run.last.exists():
+        planned_before = load_run_config(trainer.run.config).train.epochs
         trainer = Trainer.resume(run_dir, device, args.data_dir, None, epochs=config.train.epochs)
         trainer.config.train.max_seconds = config.train.max_seconds
     result = trainer.fit()
@@ -96,6 +98,10 @@ def run_one(model: str, protocol: str, args: argparse.Namespace, device: torch.d
         "command": command_line(),
         "anchor": ANCHORS.get((model, protocol), ""),
     }
+    if planned_before is not None and planned_before != config.train.epochs:
+        # the lr schedule was planned for planned_before epochs and then stretched: say so, since
+        # a fresh run of the command would follow one schedule over all the epochs instead
+        record["extended_from_epochs"] = planned_before
     if protocol == "dynamic":
         record["test_binarization_seed"] = config.data.eval_binarization_seed
     print(json.dumps(record))
@@ -106,9 +112,12 @@ def markdown_table(records: list[dict]) -> str:
     lines = ["| protocol | model | test NLL (nats) | bits/dim | likelihood | epochs | train time | device | paper / peer |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(records, key=lambda r: (r["protocol"], r["model"])):
+        epochs = str(r["epochs"])
+        if "extended_from_epochs" in r:  # a run planned for N epochs, then extended (see the README)
+            epochs += f" ({r['extended_from_epochs']} + {r['epochs'] - r['extended_from_epochs']})"
         lines.append(
             f"| {r['protocol']} | {r['model']} | {'≤ ' if r.get('likelihood', 'exact') != 'exact' else ''}{r['nll_nats']:.2f} | {r['bits_per_dim']:.4f} | {r['likelihood']} | "
-            f"{r['epochs']} | {r['train_seconds'] / 60:.0f} min | {r['device']} | {r['anchor']} |"
+            f"{epochs} | {r['train_seconds'] / 60:.0f} min | {r['device']} | {r['anchor']} |"
         )
     return "\n".join(lines)
 

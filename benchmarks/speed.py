@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 
 import torch
 
@@ -88,6 +90,32 @@ def train_throughput(name: str, device: torch.device, repeats: int, steps: int =
     return batch * steps / median_seconds(run_steps, repeats)
 
 
+def train_step_breakdown_ms(name: str, device: torch.device, repeats: int, steps: int = 8) -> dict[str, float]:
+    """Median milliseconds of one training step's parts: the loss (forward), its backward pass and
+    the optimizer step — where the time goes beyond the matrix products."""
+    hyper, batch = CONFIGS[name]
+    model = genzoo.build_model(name, (1, 28, 28), **hyper).to(device)
+    optimizer = make_optimizer(model, RunConfig())
+    x = (torch.rand(batch, D, generator=torch.Generator().manual_seed(0)) < 0.13).float().to(device)
+    parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+    for step in range(steps * max(1, repeats) + 2):
+        tic = time.perf_counter()
+        loss = model.loss(x)
+        _sync(device)
+        forward_done = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        _sync(device)
+        backward_done = time.perf_counter()
+        optimizer.step()
+        _sync(device)
+        if step >= 2:  # the first steps allocate the optimizer's state
+            parts["forward"].append(forward_done - tic)
+            parts["backward"].append(backward_done - forward_done)
+            parts["optimizer"].append(time.perf_counter() - backward_done)
+    return {part: 1e3 * statistics.median(seconds) for part, seconds in parts.items()}
+
+
 def sampling_seconds(name: str, device: torch.device, repeats: int, naive: bool, n: int = 16) -> float:
     hyper, _ = CONFIGS[name]
     model = genzoo.build_model(name, (1, 28, 28), **hyper).to(device).eval()
@@ -140,8 +168,13 @@ def main() -> None:
             entry["fraction_of_matmul_peak"] = gflops / peak
             entry["step_matmuls_gflops"] = bare
             entry["step_matmuls_fraction_of_matmul_peak"] = bare / peak
+            breakdown = train_step_breakdown_ms(name, device, args.repeats)
+            entry["step_breakdown_ms"] = breakdown
+            entry["step_matmuls_ms"] = 1e3 * batch * made_train_flops_per_example(hyper["hidden_sizes"][0]) / (bare * 1e9)
             line += (f" | {gflops:.1f} GFLOP/s = {100 * gflops / peak:.0f}% of matmul (the step's five bare "
-                     f"products alone, batch {batch}: {bare:.1f} GFLOP/s = {100 * bare / peak:.0f}%)")
+                     f"products alone, batch {batch}: {bare:.1f} GFLOP/s = {100 * bare / peak:.0f}%) | step: "
+                     + ", ".join(f"{part} {ms:.1f} ms" for part, ms in breakdown.items())
+                     + f"; the bare products {entry['step_matmuls_ms']:.1f} ms")
         print(line)
         record["models"][name] = entry
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -68,8 +68,9 @@ def made_train_flops_per_example(hidden: int) -> float:
     return 5 * 2 * D * hidden
 
 
-def train_throughput(name: str, device: torch.device, repeats: int, steps: int = 8, peer: bool = False) -> float:
-    """Training examples per second: genzoo's model and optimizer, or the peer-style baseline."""
+def training_setup(name: str, device: torch.device, steps: int, peer: bool = False):
+    """The model, its optimizer, the batch size and ``steps`` batches of binary data for timing
+    training at the peer's configuration: genzoo's model and optimizer, or the peer-style baseline."""
     hyper, batch = CONFIGS[name]
     if peer:
         model, optimizer = peer_style.build(name, D, hyper)
@@ -78,6 +79,12 @@ def train_throughput(name: str, device: torch.device, repeats: int, steps: int =
         model = genzoo.build_model(name, (1, 28, 28), **hyper).to(device)
         optimizer = make_optimizer(model, RunConfig())  # the trainer's own optimizer
     x = (torch.rand(batch * steps, D, generator=torch.Generator().manual_seed(0)) < 0.13).float().to(device)
+    return model, optimizer, batch, x
+
+
+def train_throughput(name: str, device: torch.device, repeats: int, steps: int = 8, peer: bool = False) -> float:
+    """Training examples per second: genzoo's model and optimizer, or the peer-style baseline."""
+    model, optimizer, batch, x = training_setup(name, device, steps, peer)
 
     def run_steps():
         for xb in x.split(batch):
@@ -93,10 +100,7 @@ def train_throughput(name: str, device: torch.device, repeats: int, steps: int =
 def train_step_breakdown_ms(name: str, device: torch.device, repeats: int, steps: int = 8) -> dict[str, float]:
     """Median milliseconds of one training step's parts: the loss (forward), its backward pass and
     the optimizer step — where the time goes beyond the matrix products."""
-    hyper, batch = CONFIGS[name]
-    model = genzoo.build_model(name, (1, 28, 28), **hyper).to(device)
-    optimizer = make_optimizer(model, RunConfig())
-    x = (torch.rand(batch, D, generator=torch.Generator().manual_seed(0)) < 0.13).float().to(device)
+    model, optimizer, _, x = training_setup(name, device, steps=1)
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
     for step in range(steps * max(1, repeats) + 2):
         tic = time.perf_counter()

@@ -489,3 +489,9 @@ def test_made_degree_masks_match_the_definition():
         for k in range(len(d_out)):
             for j in range(len(d_in)):
                 assert mask[k, j] == float(d_out[k] > d_in[j] if strict else d_out[k] >= d_in[j])
+
+
+def test_made_masks_are_built_on_the_degrees_device():
+    # The model builds each mask where its weights live; "meta" stands in for a GPU on CPU-only CI.
+    degrees = [d.to("meta") for d in made_degrees(6, (9,), order_agnostic=True, seed=4)]
+    assert all(mask.device.type == "meta" for mask in made_masks(degrees))

@@ -81,7 +81,7 @@ def degree_mask(out_degrees: torch.Tensor, in_degrees: torch.Tensor, strict: boo
     """The float mask 1[m_out(k) > m_in(k')] (strict) or 1[m_out(k) ≥ m_in(k')]."""
     # Comparing into a float tensor directly is 5× faster than building a bool mask and converting
     # it, which matters when K masks take turns at every training step.
-    mask = torch.empty(len(out_degrees), len(in_degrees))
+    mask = torch.empty(len(out_degrees), len(in_degrees), device=out_degrees.device)
     compare = torch.gt if strict else torch.ge
     return compare(out_degrees.float()[:, None], in_degrees.float()[None, :], out=mask)
 
@@ -121,7 +121,10 @@ class MADE(BernoulliAutoregressive):
     def use_mask(self, k: int) -> None:
         if k == self._active_mask:
             return
-        degrees = self.mask_degrees(k)
+        # Built where the weights live: a 8000×8000 layer's mask is 256 MB, which a GPU would
+        # otherwise receive from the host at every training step.
+        device = self.layers[0].weight.device
+        degrees = [d.to(device) for d in self.mask_degrees(k)]
         for layer, mask in zip(self.layers, made_masks(degrees)):
             layer.set_mask(mask, copy=False)
         if self.direct is not None:

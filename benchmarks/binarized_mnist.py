@@ -71,9 +71,7 @@ def run_one(model: str, protocol: str, args: argparse.Namespace, device: torch.d
         config.train.epochs = args.epochs
     run_dir = Path(args.runs) / f"{model}-{protocol}"
     trainer = Trainer(config, run_dir, device, args.data_dir, progress=None)
-    planned_before = None  # the epoch total of the run that this one extends, if it does
     if trainer.run.last.exists():
-        planned_before = load_run_config(trainer.run.config).train.epochs
         trainer = Trainer.resume(run_dir, device, args.data_dir, None, epochs=config.train.epochs)
         trainer.config.train.max_seconds = config.train.max_seconds
     result = trainer.fit()
@@ -101,14 +99,24 @@ def run_one(model: str, protocol: str, args: argparse.Namespace, device: torch.d
         "command": command_line(),
         "anchor": ANCHORS.get((model, protocol), ""),
     }
-    if planned_before is not None and planned_before != config.train.epochs:
-        # the lr schedule was planned for planned_before epochs and then stretched: say so, since
-        # a fresh run of the command would follow one schedule over all the epochs instead
-        record["extended_from_epochs"] = planned_before
+    if len(result.epoch_plans) > 1:
+        # the lr schedule was planned for fewer epochs and then stretched: say so, since a fresh
+        # run of the command would follow one schedule over all the epochs instead
+        record["extended_from_epochs"] = result.epoch_plans[0][1]
+        record["epoch_plans"] = [list(plan) for plan in result.epoch_plans]
     if protocol == "dynamic":
         record["test_binarization_seed"] = config.data.eval_binarization_seed
     print(json.dumps(record))
     return record
+
+
+def epochs_per_plan(record: dict) -> list[int]:
+    """The epochs a run trained under each epoch total it followed, e.g. [120, 100, 80] for a
+    120-epoch run extended to 220 and then to 300 (records from before the plans were kept name
+    only the first total)."""
+    plans = record.get("epoch_plans") or [[0, record["extended_from_epochs"]], [record["extended_from_epochs"], None]]
+    starts = [start for start, _ in plans] + [record["epochs"]]
+    return [end - start for start, end in zip(starts, starts[1:])]
 
 
 def markdown_table(records: list[dict]) -> str:
@@ -116,8 +124,8 @@ def markdown_table(records: list[dict]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(records, key=lambda r: (r["protocol"], r["model"])):
         epochs = str(r["epochs"])
-        if "extended_from_epochs" in r:  # a run planned for N epochs, then extended (see the README)
-            epochs += f" ({r['extended_from_epochs']} + {r['epochs'] - r['extended_from_epochs']})"
+        if "epoch_plans" in r or "extended_from_epochs" in r:  # a run extended with --epochs (see the README)
+            epochs += f" ({' + '.join(str(n) for n in epochs_per_plan(r))})"
         lines.append(
             f"| {r['protocol']} | {r['model']} | {'≤ ' if r.get('likelihood', 'exact') != 'exact' else ''}{r['nll_nats']:.2f} | {r['bits_per_dim']:.4f} | {r['likelihood']} | "
             f"{epochs} | {r['train_seconds'] / 60:.0f} min | {r['device']} | {r['anchor']} |"

@@ -305,6 +305,26 @@ def test_extending_a_cosine_run_stretches_the_rest_of_its_schedule(tmp_path):
     assert lrs[2] > 0.0 and lrs[3] == pytest.approx(0.0, abs=1e-15)
 
 
+def test_a_run_keeps_the_history_of_its_epoch_totals(tmp_path):
+    """Each resume that changes the epoch total starts a new plan; one that keeps it does not."""
+    run_dir = tmp_path / "run"
+    assert _fit(tiny_run_config("fvsbn", epochs=2, lr=0.01, lr_schedule="cosine", batch_size=500), run_dir).epoch_plans == [(0, 2)]
+    assert Trainer.resume(run_dir, epochs=3, progress=False).fit().epoch_plans == [(0, 2), (2, 3)]
+    assert Trainer.resume(run_dir, progress=False).fit().epoch_plans == [(0, 2), (2, 3)]
+    assert Trainer.resume(run_dir, epochs=5, progress=False).fit().epoch_plans == [(0, 2), (2, 3), (3, 5)]
+    assert load_checkpoint(RunFolder(run_dir).last)["epoch_plans"] == [[0, 2], [2, 3], [3, 5]]
+
+
+def test_a_checkpoint_without_epoch_plans_resumes_under_its_saved_total(tmp_path):
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=2, lr=0.01, batch_size=500), run_dir)
+    last = RunFolder(run_dir).last
+    payload = load_checkpoint(last)
+    del payload["epoch_plans"]
+    genzoo.training.save_checkpoint(payload, last)
+    assert Trainer.resume(run_dir, epochs=3, progress=False).fit().epoch_plans == [(0, 2), (2, 3)]
+
+
 def test_a_checkpoint_from_the_old_cosine_scheduler_resumes(tmp_path):
     """Runs saved while the cosine schedule was a CosineAnnealingLR still resume."""
     run_dir = tmp_path / "run"

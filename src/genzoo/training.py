@@ -85,6 +85,9 @@ class TrainResult:
     train_seconds: float
     stopped_because: str
     data: TrainingData  # the splits the run used (valid/test as evaluated)
+    #: (first epoch, planned epoch total) for each epoch total the run has followed, in order: one
+    #: pair unless a resume changed the total (the lr schedule is stretched at each change)
+    epoch_plans: list[tuple[int, int]] = dataclasses.field(default_factory=list)
 
 
 def make_optimizer(model: GenerativeModel, config: RunConfig) -> torch.optim.Optimizer:
@@ -235,8 +238,13 @@ class Trainer:
             best_nll, best_epoch = payload["best_valid_nll"], payload["best_epoch"]
             stale, seconds = payload["epochs_without_improvement"], payload["train_seconds"]
             stage = payload.get("training_stage")
+            # checkpoints from before the plans were kept know only the total they were saved under
+            epoch_plans = [tuple(plan) for plan in payload.get("epoch_plans", [(0, payload["config"]["train"]["epochs"])])]
+            if epoch_plans[-1][1] != train_cfg.epochs:
+                epoch_plans.append((start_epoch, train_cfg.epochs))
             self._drop_metrics_after(start_epoch)
         else:
+            epoch_plans = [(0, train_cfg.epochs)]
             if train_cfg.init_from:
                 self._initialize_from(model, train_cfg.init_from)
             self._start_run_folder()
@@ -296,6 +304,7 @@ class Trainer:
                     "epochs_without_improvement": stale,
                     "train_seconds": seconds,
                     "training_stage": stage,
+                    "epoch_plans": [list(plan) for plan in epoch_plans],
                     "rng": {"data_order": data_order.get_state(), "torch": torch.get_rng_state()},
                 }
                 save_checkpoint(payload, self.run.last)
@@ -316,7 +325,7 @@ class Trainer:
         if records:
             save_loss_curve(records, self.run.loss_curve, title=f"{cfg.model_name} on {cfg.data.name}")
         best = model_from_checkpoint(load_checkpoint(self.run.best), self.run.best).to(self.device)
-        return TrainResult(best, epoch, best_epoch, best_nll, seconds, stopped_because, data)
+        return TrainResult(best, epoch, best_epoch, best_nll, seconds, stopped_because, data, epoch_plans)
 
     def _train_one_epoch(self, model: GenerativeModel, optimizer: torch.optim.Optimizer, train_x: torch.Tensor,
                          data_order: torch.Generator, epoch: int, train_y: torch.Tensor | None = None) -> float:

@@ -1,0 +1,32 @@
+"""The binarized-MNIST benchmark's description of runs extended with --epochs."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from binarized_mnist import epochs_per_plan, markdown_table  # noqa: E402
+
+
+def _record(**fields):
+    return {"protocol": "static", "model": "made", "nll_nats": 88.0, "bits_per_dim": 0.16, "likelihood": "exact",
+            "train_seconds": 60.0, "device": "cpu", "anchor": "", **fields}
+
+
+def test_epochs_per_plan_splits_a_twice_extended_run():
+    record = _record(epochs=300, extended_from_epochs=120, epoch_plans=[[0, 120], [120, 220], [220, 300]])
+    assert epochs_per_plan(record) == [120, 100, 80]
+    assert "| 300 (120 + 100 + 80) |" in markdown_table([record])
+
+
+def test_a_run_extended_before_it_ended_counts_the_epochs_it_trained_under_each_total():
+    # stopped at epoch 90 of 120, resumed for 200 in all, then early-stopped at 150
+    assert epochs_per_plan(_record(epochs=150, epoch_plans=[[0, 120], [90, 200]])) == [90, 60]
+
+
+def test_records_from_before_the_plans_were_kept_still_read():
+    assert epochs_per_plan(_record(epochs=220, extended_from_epochs=120)) == [120, 100]
+    assert "| 220 (120 + 100) |" in markdown_table([_record(epochs=220, extended_from_epochs=120)])
+
+
+def test_a_run_never_extended_shows_its_epochs_alone():
+    assert "| 20 | 1 min |" in markdown_table([_record(epochs=20)])

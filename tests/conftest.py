@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 import genzoo
 from genzoo.config import DataConfig, RunConfig, TrainConfig
@@ -155,3 +157,22 @@ def tiny_run_config(model: str = "made", epochs: int = 2, data: str = "digits", 
         train=TrainConfig(epochs=epochs, **train),
     )
 
+
+def binary_index(x: torch.Tensor) -> torch.Tensor:
+    """Row of bits → integer, dim 0 least significant (the order of ``all_binary``)."""
+    n = x.shape[1]
+    return (x.long() * (2 ** torch.arange(n))).sum(1)
+
+
+def chisquare_p_value(samples: torch.Tensor, probabilities: torch.Tensor) -> float:
+    """χ² goodness of fit of binary samples (N, n) to probabilities over the 2^n outcomes;
+    outcomes with an expected count below 5 are pooled into one bin."""
+    n_outcomes = len(probabilities)
+    observed = np.bincount(binary_index(samples).numpy(), minlength=n_outcomes).astype(np.float64)
+    expected = probabilities.detach().numpy() * len(samples)
+    small = expected < 5
+    if small.any():
+        observed = np.append(observed[~small], observed[small].sum())
+        expected = np.append(expected[~small], expected[small].sum())
+    expected *= observed.sum() / expected.sum()
+    return float(stats.chisquare(observed, expected).pvalue)

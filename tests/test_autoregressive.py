@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from scipy import stats
 from torch.nn import functional as F
 
 import genzoo
-from conftest import MODEL_VARIANTS, all_binary, randomize
+from conftest import MODEL_VARIANTS, all_binary, chisquare_p_value, randomize
 from genzoo.models.autoregressive import BernoulliAutoregressive
 from genzoo.models.autoregressive.made import made_degrees, made_masks
 from genzoo.nn import MaskedLinear
@@ -47,26 +45,6 @@ SAMPLER_VARIANTS = [
 ]
 
 
-def _index(x: torch.Tensor) -> torch.Tensor:
-    """Row of bits → integer, dim 0 least significant (the order of ``all_binary``)."""
-    n = x.shape[1]
-    return (x.long() * (2 ** torch.arange(n))).sum(1)
-
-
-def _chisquare_p_value(samples: torch.Tensor, probabilities: torch.Tensor) -> float:
-    """χ² goodness of fit of binary samples (N, n) to probabilities over the 2^n outcomes;
-    outcomes with an expected count below 5 are pooled into one bin."""
-    n_outcomes = len(probabilities)
-    observed = np.bincount(_index(samples).numpy(), minlength=n_outcomes).astype(np.float64)
-    expected = probabilities.detach().numpy() * len(samples)
-    small = expected < 5
-    if small.any():
-        observed = np.append(observed[~small], observed[small].sum())
-        expected = np.append(expected[~small], expected[small].sum())
-    expected *= observed.sum() / expected.sum()
-    return float(stats.chisquare(observed, expected).pvalue)
-
-
 # -- samples follow log_prob -----------------------------------------------------------------------
 
 
@@ -90,8 +68,8 @@ def test_samples_follow_the_model_distribution(name, hp, sampler):
         x = model.sample_naive(model.draw_uniforms(num, generator))
     assert x.shape == (num, n)
 
-    assert _chisquare_p_value(x, probabilities) > 1e-3
-    assert _chisquare_p_value(x, other_probabilities) < 1e-6
+    assert chisquare_p_value(x, probabilities) > 1e-3
+    assert chisquare_p_value(x, other_probabilities) < 1e-6
 
 
 def test_chisquare_helper_rejects_a_slightly_wrong_distribution():
@@ -100,9 +78,9 @@ def test_chisquare_helper_rejects_a_slightly_wrong_distribution():
     generator = torch.Generator().manual_seed(0)
     idx = torch.multinomial(p, 50_000, replacement=True, generator=generator)
     x = torch.stack([idx % 2, idx // 2], dim=1).double()
-    assert _chisquare_p_value(x, p) > 1e-3
+    assert chisquare_p_value(x, p) > 1e-3
     q = torch.tensor([0.13, 0.2, 0.3, 0.37], dtype=torch.float64)
-    assert _chisquare_p_value(x, q) < 1e-6
+    assert chisquare_p_value(x, q) < 1e-6
 
 
 # -- fast samplers equal the naive one ---------------------------------------------------------------

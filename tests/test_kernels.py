@@ -7,8 +7,8 @@ import torch
 
 import genzoo
 import genzoo.kernels as kernels
-from conftest import all_binary, randomize
-from genzoo.kernels.nade import NADELogitsKernel, nade_kernel_available
+from conftest import all_binary, chisquare_p_value, randomize
+from genzoo.kernels.nade import NADELogitsKernel, nade_kernel_available, nade_sample_kernel
 from genzoo.models.autoregressive.nade import _NADELogits
 
 needs_nade_kernel = pytest.mark.skipif(
@@ -147,6 +147,50 @@ def test_nade_backends_agree_on_log_prob_and_loss_gradients():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@needs_nade_kernel
+@pytest.mark.parametrize("B, D, H, threads", [(37, 50, 13, 2), (64, 20, 33, 3), (24, 300, 100, 2)])
+def test_nade_kernel_sampler_draws_what_the_reference_samplers_draw(B, D, H, threads):
+    """The same uniforms give the same samples as the PyTorch incremental sampler and the naive
+    one (D full passes). The kernel draws with libm's expf where PyTorch's sigmoid is vectorized, so
+    a draw whose uniform lies within a rounding error of its probability may differ: one sample of
+    the batch is allowed to."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # blocks of 8 examples, a remainder, and one slice per thread
+    try:
+        kernel = randomize(genzoo.build_model("nade", (D,), hidden_size=H, backend="kernel"), seed=D, std=0.5).eval()
+        reference = genzoo.build_model("nade", (D,), hidden_size=H, backend="torch").eval()
+        reference.load_state_dict(kernel.state_dict())
+        u = torch.rand(B, D, generator=torch.Generator().manual_seed(H))
+        drawn = kernel.sample_from_uniforms(u)
+        assert drawn.shape == (B, D) and 0.05 < drawn.mean().item() < 0.95
+        for other in (reference.sample_from_uniforms(u), reference.sample_naive(u)):
+            assert (drawn != other).any(dim=1).sum().item() <= 1
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_nade_kernel
+def test_nade_kernel_samples_follow_the_model_distribution():
+    """χ² test of the kernel's samples against exp(log_prob) on the 16 outcomes of n = 4, with the
+    same samples rejected against another model's probabilities."""
+    n, num = 4, 20_000
+    model = randomize(genzoo.build_model("nade", (n,), hidden_size=5, backend="kernel"), seed=21).eval()
+    other = randomize(genzoo.build_model("nade", (n,), hidden_size=5, backend="kernel"), seed=22).eval()
+    probabilities = model.log_prob(all_binary(n).float()).exp().double()
+    assert probabilities.sum().item() == pytest.approx(1.0, abs=1e-5)
+    x = model.sample(num, generator=torch.Generator().manual_seed(1234))
+    assert chisquare_p_value(x, probabilities) > 1e-3
+    assert chisquare_p_value(x, other.log_prob(all_binary(n).float()).exp().double()) < 1e-6
+
+
+@needs_nade_kernel
+def test_nade_kernel_sampler_takes_the_uniforms_as_given():
+    """u = 0 draws every x_d = 1 (p > 0) and u just below 1 draws every x_d = 0 (p < 1)."""
+    params = [p.detach() for p in _nade_parameters(30, 7, seed=4)]
+    assert torch.equal(nade_sample_kernel(torch.zeros(9, 30), *params), torch.ones(9, 30))
+    assert torch.equal(nade_sample_kernel(torch.full((9, 30), 1 - 2**-24), *params), torch.zeros(9, 30))
+
+
 def test_nade_auto_backend_uses_pytorch_for_float64():
     model = randomize(genzoo.build_model("nade", (5,), hidden_size=4).double(), seed=8)
     assert not nade_kernel_available(model.W)
@@ -157,6 +201,8 @@ def test_nade_kernel_backend_refuses_what_it_cannot_run():
     model = genzoo.build_model("nade", (5,), hidden_size=4, backend="kernel").double()
     with pytest.raises(RuntimeError, match="backend 'kernel' needs float32"):
         model.log_prob(all_binary(5))
+    with pytest.raises(RuntimeError, match="backend 'kernel' needs float32"):
+        model.sample(3)
 
 
 def test_nade_backend_is_checked_on_build():

@@ -188,10 +188,8 @@ INLINE void block_logits(const float *V, const float *b, const float *s, float *
     for (int j = 0; j < J; ++j) logits[j * D + d + r] = hsum(dot[r][j]) + b[d + r];
 }
 
-/* Forward for J consecutive examples (J = BLOCK, or 1 for the slice's last few). */
-INLINE void forward_block(const float *x, const float *Wt, const float *c, const float *V,
-                          const float *b, float *logits, float *a, float *s, int J, int64_t D,
-                          int64_t H) {
+/* The walk's start for J examples: a_j = c and s_j = sigmoid(c), s stored chunk by chunk. */
+INLINE void start_walk(const float *c, float *a, float *s, int J, int64_t H) {
   const int64_t chunks = H / LANES, stride = J * LANES;
   for (int j = 0; j < J; ++j) {
     memcpy(a + j * H, c, H * sizeof(float));
@@ -199,6 +197,25 @@ INLINE void forward_block(const float *x, const float *Wt, const float *c, const
 #pragma omp simd
       for (int l = 0; l < LANES; ++l) s[k * stride + j * LANES + l] = sigmoid(c[k * LANES + l]);
   }
+}
+
+/* a_j += xd w (w = W_{:,d}) and the s_j it changes, for example j of a block of J. */
+INLINE void step_walk(float *aj, float *sj, const float *w, float xd, int J, int64_t H) {
+  const int64_t chunks = H / LANES, stride = J * LANES;
+  for (int64_t k = 0; k < chunks; ++k)
+#pragma omp simd
+    for (int l = 0; l < LANES; ++l) {
+      const int64_t h = k * LANES + l;
+      aj[h] += xd * w[h];
+      sj[k * stride + l] = sigmoid(aj[h]);
+    }
+}
+
+/* Forward for J consecutive examples (J = BLOCK, or 1 for the slice's last few). */
+INLINE void forward_block(const float *x, const float *Wt, const float *c, const float *V,
+                          const float *b, float *logits, float *a, float *s, int J, int64_t D,
+                          int64_t H) {
+  start_walk(c, a, s, J, H);
   for (int64_t d = 0; d < D;) {
     /* where no example changes a at d, logit_{d+1} sees the same s as logit_d */
     int64_t last = d;
@@ -209,20 +226,37 @@ INLINE void forward_block(const float *x, const float *Wt, const float *c, const
       block_logits(V, b, s, logits, J, 1, d, D, H);
     }
     d = last + 1;
-    const float *w = Wt + last * H;
     for (int j = 0; j < J; ++j) {
       const float xd = x[j * D + last];
-      if (xd == 0.0f) continue;
-      float *aj = a + j * H, *sj = s + j * LANES;
-      for (int64_t k = 0; k < chunks; ++k)
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) {
-          const int64_t h = k * LANES + l;
-          aj[h] += xd * w[h];
-          sj[k * stride + l] = sigmoid(aj[h]);
-        }
+      if (xd != 0.0f) step_walk(a + j * H, s + j * LANES, Wt + last * H, xd, J, H);
     }
   }
+}
+
+/* Samples of J consecutive examples from uniforms u: the forward walk, with each x_d drawn as
+ * 1[u_d < sigmoid(logit_d)] as soon as its logit is known. a and s are scratch. */
+INLINE void sample_block(const float *u, const float *Wt, const float *c, const float *V,
+                         const float *b, float *x, float *a, float *s, int J, int64_t D, int64_t H) {
+  start_walk(c, a, s, J, H);
+  for (int64_t d = 0; d < D; ++d) {
+    block_logits(V, b, s, x, J, 1, d, D, H); /* the logit goes where its draw will */
+    for (int j = 0; j < J; ++j) {
+      const float logit = x[j * D + d];
+      /* libm's expf, not fast_exp: the draw should match the reference's sigmoid to the last bit
+       * wherever it can */
+      x[j * D + d] = u[j * D + d] < 1.0f / (1.0f + expf(-logit)) ? 1.0f : 0.0f;
+      if (x[j * D + d] != 0.0f) step_walk(a + j * H, s + j * LANES, Wt + d * H, 1.0f, J, H);
+    }
+  }
+}
+
+/* Samples x (B x D) from uniforms u (B x D); scratch holds nade_scratch_floats(H) floats. */
+void nade_sample(const float *u, const float *Wt, const float *c, const float *V, const float *b,
+                 float *x, float *scratch, int64_t B, int64_t D, int64_t H) {
+  float *a = scratch, *s = scratch + BLOCK * H;
+  int64_t i = 0;
+  for (; i + BLOCK <= B; i += BLOCK) sample_block(u + i * D, Wt, c, V, b, x + i * D, a, s, BLOCK, D, H);
+  for (; i < B; ++i) sample_block(u + i * D, Wt, c, V, b, x + i * D, a, s, 1, D, H);
 }
 
 /* logits (B x D); a_final (B x H) receives c + sum_d x_d W_{:,d}, the start of the backward walk. */

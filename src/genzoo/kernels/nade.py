@@ -14,7 +14,7 @@ import torch
 
 from genzoo.kernels import load, pointer, thread_pool
 
-__all__ = ["nade_kernel_available", "NADELogitsKernel"]
+__all__ = ["nade_kernel_available", "NADELogitsKernel", "nade_sample_kernel"]
 
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
@@ -25,9 +25,10 @@ def _library() -> ctypes.CDLL | None:
     if lib is not None and not getattr(lib, "_genzoo_typed", False):
         lib.nade_forward.argtypes = [_ptr] * 8 + [_i64] * 3
         lib.nade_backward.argtypes = [_ptr] * 10 + [_i64] * 3
+        lib.nade_sample.argtypes = [_ptr] * 7 + [_i64] * 3
         lib.nade_prepare.argtypes = [_ptr] * 4 + [_i64] * 5
         lib.nade_finish.argtypes = [_ptr] * 2 + [_i64, _ptr, _i64] + [_ptr] * 3 + [_i64] * 5
-        for f in (lib.nade_forward, lib.nade_backward, lib.nade_prepare, lib.nade_finish):
+        for f in (lib.nade_forward, lib.nade_backward, lib.nade_sample, lib.nade_prepare, lib.nade_finish):
             f.restype = None
         lib.nade_scratch_floats.argtypes, lib.nade_scratch_floats.restype = [_i64], _i64
         lib.nade_lanes.argtypes, lib.nade_lanes.restype = [], _i64
@@ -57,6 +58,38 @@ def _run(calls) -> None:
         future.result()
 
 
+def _padded_parameters(lib: ctypes.CDLL, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor):
+    """The kernels' layout of (W, c, V): Wt = Wᵀ (D × Hp), c and V with H padded to Hp, a multiple
+    of the kernel's vector width, by zeros (the padded hidden units change no logit)."""
+    H, D = W.shape
+    lanes = lib.nade_lanes()
+    Hp = -(-H // lanes) * lanes
+    Wt, Vp = torch.empty(D, Hp), torch.empty(D, Hp) if Hp > H else V
+    _run([lambda lo=lo, hi=hi: lib.nade_prepare(
+        pointer(W), pointer(V), pointer(Wt), pointer(Vp if Hp > H else None), D, H, Hp, lo, hi)
+        for lo, hi in _slices(D)])
+    cp = torch.zeros(Hp)
+    cp[:H] = c
+    return Wt, cp, Vp
+
+
+def nade_sample_kernel(u: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor,
+                       b: torch.Tensor) -> torch.Tensor:
+    """Samples x (B × D) with x_d = 1[u_d < p(x_d = 1 | x_<d)], from uniforms u (B × D): the
+    forward kernel's walk over d, drawing each x_d as soon as its logit is known."""
+    lib = _library()
+    u, W, c, V, b = (t.detach().contiguous() for t in (u, W, c, V, b))
+    Wt, cp, Vp = _padded_parameters(lib, W, c, V)
+    (B, D), Hp = u.shape, cp.shape[0]
+    x = torch.empty(B, D)
+    slices = _slices(B)
+    scratch = torch.empty(len(slices), lib.nade_scratch_floats(Hp))
+    _run([lambda k=k, lo=lo, hi=hi: lib.nade_sample(
+        pointer(u[lo:hi]), pointer(Wt), pointer(cp), pointer(Vp), pointer(b), pointer(x[lo:hi]),
+        pointer(scratch[k]), hi - lo, D, Hp) for k, (lo, hi) in enumerate(slices)])
+    return x
+
+
 class NADELogitsKernel(torch.autograd.Function):
     """Same contract as the reference ``_NADELogits``: (x, W, c, V, b) -> logits (B, D).
 
@@ -70,14 +103,8 @@ class NADELogitsKernel(torch.autograd.Function):
         lib = _library()
         x, W, c, V, b = (t.detach().contiguous() for t in (x, W, c, V, b))
         (B, D), H = x.shape, c.shape[0]
-        lanes = lib.nade_lanes()
-        Hp = -(-H // lanes) * lanes
-        Wt, Vp = torch.empty(D, Hp), torch.empty(D, Hp) if Hp > H else V
-        _run([lambda lo=lo, hi=hi: lib.nade_prepare(
-            pointer(W), pointer(V), pointer(Wt), pointer(Vp if Hp > H else None), D, H, Hp, lo, hi)
-            for lo, hi in _slices(D)])
-        cp = torch.zeros(Hp)
-        cp[:H] = c
+        Wt, cp, Vp = _padded_parameters(lib, W, c, V)
+        Hp = cp.shape[0]
         logits, a_final = torch.empty(B, D), torch.empty(B, Hp)
         slices = _slices(B)
         scratch = torch.empty(len(slices), lib.nade_scratch_floats(Hp))

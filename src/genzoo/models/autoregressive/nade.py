@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from genzoo.config import require
-from genzoo.kernels.nade import NADELogitsKernel, nade_kernel_available
+from genzoo.kernels.nade import NADELogitsKernel, nade_kernel_available, nade_sample_kernel
 from genzoo.models.autoregressive.base import BernoulliAutoregressive
 from genzoo.models.base import register_model
 
@@ -111,16 +111,25 @@ class NADE(BernoulliAutoregressive):
         self.b = nn.Parameter(torch.zeros(D))
 
     def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.backend != "torch":
-            if nade_kernel_available(x, self.W):
-                return NADELogitsKernel.apply(x, self.W, self.c, self.V, self.b)
-            if self.config.backend == "kernel":
-                raise RuntimeError("nade: backend 'kernel' needs float32 tensors on the CPU and a C compiler; "
-                                   "use backend = 'auto' to fall back to PyTorch")
+        if self._use_kernel(x, self.W):
+            return NADELogitsKernel.apply(x, self.W, self.c, self.V, self.b)
         return _NADELogits.apply(x, self.W, self.c, self.V, self.b, self.config.chunk_size)
+
+    def _use_kernel(self, *tensors: torch.Tensor) -> bool:
+        if self.config.backend == "torch":
+            return False
+        if nade_kernel_available(*tensors):
+            return True
+        if self.config.backend == "kernel":
+            raise RuntimeError("nade: backend 'kernel' needs float32 tensors on the CPU and a C compiler; "
+                               "use backend = 'auto' to fall back to PyTorch")
+        return False
 
     @torch.no_grad()
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
+        """x_d = 1[u_d < p(x_d = 1 | x_<d)], updating a_d in place: O(DH) per sample."""
+        if self._use_kernel(u, self.W):
+            return nade_sample_kernel(u, self.W, self.c, self.V, self.b)
         x = torch.zeros_like(u)
         a = self.c.expand(len(u), -1).clone()
         for d in range(self.num_dims):

@@ -12,7 +12,9 @@ Two implementations of the same logits: ``_NADELogits`` below, in PyTorch (any d
 dtype; the reference), and a fused C kernel (``genzoo/kernels/nade.c``) used for float32 on
 the CPU, which walks d for a block of examples at once with a_d in L1 cache, recomputes σ(a_d)
 only where x_d ≠ 0 (a changes nowhere else), and never materializes the (B, D, H) activations
-(``benchmarks/speed.py`` measures it against a per-dimension loop).
+(``benchmarks/speed.py`` measures it against a per-dimension loop). Sampling on that path is the
+kernel's walk too, each x_d drawn as soon as its logit is known; the PyTorch loop in
+``sample_from_uniforms`` is the reference elsewhere.
 
 References: Larochelle & Murray, "The Neural Autoregressive Distribution Estimator"
 (AISTATS 2011); Uria, Côté, Gregor, Murray & Larochelle, "Neural Autoregressive Distribution

@@ -5,9 +5,11 @@ draw of 8-bit MNIST each epoch, test on one seeded draw).
     python benchmarks/binarized_mnist.py --models fvsbn nade made made-ensemble \
         --protocols static dynamic --max-seconds 600 [--device auto] [--data-dir DIR]
 
-(made-ensemble is the paper's two-layer, 77 M-parameter model, a GPU run; made-ensemble-1layer is the
-one-layer ensemble that a CPU can train.) Each run uses configs/<model>.toml (static) or configs/dynamic/<model>.toml, trains on the train
-split with early stopping on valid, restores the best epoch and reports the test NLL. Records go
+(made-ensemble is the paper's two-layer, 77 M-parameter model, a GPU run; made-ensemble-1layer
+is the one-layer ensemble that a CPU can train.) Each run uses configs/<model>.toml (static) or
+configs/dynamic/<model>.toml, trains on the train split with early stopping on valid, restores
+the best epoch and reports the test NLL. An existing run folder is resumed, and --epochs extends
+a finished run (its record then lists each epoch total the run followed). Records go
 to benchmarks/results/binarized-mnist.json (records with the same model and protocol are
 replaced) and a markdown table to benchmarks/results/binarized-mnist.md.
 """

@@ -367,9 +367,34 @@ def test_made_mask_cycle_survives_a_state_dict_round_trip():
     x = torch.zeros(2, 5)
     for _ in range(4):
         model.log_prob(x)
-    copy = genzoo.build_model("made", (5,), hidden_sizes=[8], num_masks=3)
+    copy = genzoo.build_model("made", (5,), hidden_sizes=[8], num_masks=3).train()
+    for _ in range(2):  # the copy's own cycle is at step 2 before the load (2 % 3 != 4 % 3)
+        copy.log_prob(x)
     copy.load_state_dict(model.state_dict())
     assert int(copy.training_step) == 4
+    copy.log_prob(x)
+    assert copy._active_mask == 4 % 3 and int(copy.training_step) == 5
+
+
+def test_made_training_steps_read_nothing_back_from_the_device(monkeypatch):
+    """A training step of a K-mask MADE on a GPU must not wait for the GPU: no value read back
+    (a meta tensor has none, so any read raises) and no blocking copy of mask degrees from the
+    host (each mask's degrees are copied once)."""
+    D, K = 6, 3
+    model = genzoo.build_model("made", (D,), hidden_sizes=[8, 8], num_masks=K).train()
+    x = all_binary(D)[:4]
+    model.log_prob(x)  # the first step reads the cycle's position from the buffer
+    drawn = []
+    real_mask_degrees = type(model).mask_degrees
+    monkeypatch.setattr(type(model), "mask_degrees", lambda self, k: drawn.append(k) or real_mask_degrees(self, k))
+    model.to("meta")
+    x = x.to("meta")
+    with model.input_values_checked_by_caller():
+        for _ in range(2 * K):
+            model.loss(x).backward()
+    assert sorted(drawn) == list(range(K)), "each mask's degrees are moved to the device once"
+    with pytest.raises(RuntimeError):  # the check is not vacuous: outside the block, values are read
+        model.loss(x)
 
 
 # -- each model against its defining formula -----------------------------------------------------

@@ -276,6 +276,21 @@ def test_log_prob_rejects_nan(name):
         model.log_prob(x)
 
 
+def test_value_checks_are_skipped_only_inside_the_callers_block():
+    model = genzoo.build_model("fvsbn", (4,))
+    x = torch.tensor([[0.0, 1.0, 0.5, 1.0]])
+    with model.input_values_checked_by_caller():
+        assert torch.isfinite(model.log_prob(x)).all()  # not refused: the caller vouched for it
+        with pytest.raises(ValueError, match="input has shape"):
+            model.log_prob(torch.zeros(2, 5))  # shapes are still checked
+    with pytest.raises(ValueError, match="row 0 has value 0.5"):
+        model.log_prob(x)
+    with pytest.raises(RuntimeError, match="boom"), model.input_values_checked_by_caller():
+        raise RuntimeError("boom")
+    with pytest.raises(ValueError, match="row 0 has value 0.5"):  # restored after an exception too
+        model.log_prob(x)
+
+
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_log_prob_rejects_non_tensors(name):
     model = build_tiny(name, (4,))

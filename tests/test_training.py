@@ -171,6 +171,117 @@ def test_resume_after_a_crash_mid_epoch_is_exact(tmp_path, monkeypatch):
     assert _untimed(RunFolder(run_a).read_metrics()) == _untimed(RunFolder(run_b).read_metrics())
 
 
+def _last_checkpoint_epochs(monkeypatch):
+    """The epochs at which the trainer writes checkpoints/last.pt (a list that fills as it runs)."""
+    written = []
+    real_save = genzoo.training.save_checkpoint
+
+    def recording_save(payload, path):
+        if path.name == "last.pt":
+            written.append(payload["epoch"])
+        real_save(payload, path)
+
+    monkeypatch.setattr(genzoo.training, "save_checkpoint", recording_save)
+    return written
+
+
+@pytest.mark.parametrize("epochs, every, expected", [(5, 2, [2, 4, 5]), (6, 3, [3, 6]), (3, 1, [1, 2, 3]), (2, 5, [2])])
+def test_checkpoint_every_writes_last_on_its_schedule_and_at_the_end(tmp_path, monkeypatch, epochs, every, expected):
+    written = _last_checkpoint_epochs(monkeypatch)
+    _fit(tiny_run_config("fvsbn", epochs=epochs, checkpoint_every=every), tmp_path / "run")
+    assert written == expected
+
+
+def test_checkpoint_every_writes_last_when_a_run_stops_early(tmp_path, monkeypatch):
+    written = _last_checkpoint_epochs(monkeypatch)
+    result = _fit(tiny_run_config("fvsbn", epochs=10, checkpoint_every=4, max_seconds=1e-9), tmp_path / "run")
+    assert result.stopped_because.startswith("reached max_seconds") and written == [1]
+
+
+def test_resume_after_a_crash_between_checkpoints_is_exact(tmp_path, monkeypatch):
+    """With checkpoint_every = 2 a run dies in epoch 4 after logging epoch 3, which no checkpoint
+    holds: the resume drops epoch 3's record, redoes epochs 3 and 4 from the epoch-2 checkpoint,
+    and ends where the uninterrupted run does."""
+    config = dict(model_hp={"hidden_sizes": [16], "num_masks": 3}, batch_size=110, lr=1e-2, lr_schedule="cosine",
+                  checkpoint_every=2, seed=5)
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    _fit(tiny_run_config("made", epochs=5, **config), run_a)
+
+    real_evaluate = genzoo.training.evaluate
+    calls = {"n": 0}
+
+    def crashing_evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise _Crash("power cut")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(genzoo.training, "evaluate", crashing_evaluate)
+    with pytest.raises(_Crash):
+        _fit(tiny_run_config("made", epochs=5, **config), run_b)
+    monkeypatch.undo()
+    assert load_checkpoint(RunFolder(run_b).last)["epoch"] == 2
+    assert [r["epoch"] for r in RunFolder(run_b).read_metrics()] == [1, 2, 3]
+
+    Trainer.resume(run_b, progress=False).fit()
+    a, b = load_checkpoint(RunFolder(run_a).last), load_checkpoint(RunFolder(run_b).last)
+    assert a["epoch"] == b["epoch"] == 5
+    _assert_same_state(a["model"], b["model"])
+    _assert_same_optimizer(a["optimizer"], b["optimizer"])
+    assert _untimed(RunFolder(run_a).read_metrics()) == _untimed(RunFolder(run_b).read_metrics())
+
+
+def test_the_best_checkpoint_holds_the_model_without_the_optimizer(tmp_path):
+    result = _fit(tiny_run_config("made", epochs=2), tmp_path / "run")
+    best = load_checkpoint(RunFolder(tmp_path / "run").best)
+    assert "optimizer" not in best and "rng" not in best
+    assert best["epoch"] == result.best_epoch
+    _assert_same_state(best["model"], result.model.state_dict())
+
+
+def test_checkpoint_every_must_be_positive():
+    with pytest.raises(ValueError, match="checkpoint_every must be at least 1, got 0"):
+        tiny_run_config("made", checkpoint_every=0)
+
+
+def test_an_epoch_reads_the_running_loss_only_every_few_steps(tmp_path, monkeypatch):
+    """Each read of a tensor's value is a host sync (a stall on a GPU): an epoch of 144 steps reads
+    the running loss ceil(144 / LOSS_READ_EVERY) times and once more at its end, and the loss it
+    reports is the mean of its steps' losses."""
+    from genzoo.models.autoregressive import FVSBN
+
+    losses = []
+    real_loss = FVSBN.loss
+
+    def recording_loss(self, x):
+        loss = real_loss(self, x)
+        losses.append((loss.detach().clone(), len(x)))
+        return loss
+
+    monkeypatch.setattr(FVSBN, "loss", recording_loss)
+    reads = {"n": 0}
+    real_item = torch.Tensor.item
+
+    def counting_item(self):
+        reads["n"] += 1
+        return real_item(self)
+
+    trainer = Trainer(tiny_run_config("fvsbn", epochs=1, batch_size=10), tmp_path / "run", progress=False)
+    data = genzoo.training.make_training_data(trainer.config.data)
+    model = trainer._build_model(data)
+    optimizer = genzoo.training.make_optimizer(model, trainer.config)
+    train_x = data.train_source.reshape(len(data.train_source), -1)
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    mean = trainer._train_one_epoch(model, optimizer, train_x, torch.Generator().manual_seed(0), epoch=1)
+    monkeypatch.undo()
+
+    steps = math.ceil(len(train_x) / 10)
+    assert len(losses) == steps == 144
+    assert reads["n"] == math.ceil(steps / genzoo.training.LOSS_READ_EVERY) + 1
+    expected = sum(float(loss) * n for loss, n in losses) / sum(n for _, n in losses)
+    assert mean == pytest.approx(expected, rel=1e-6)
+
+
 def test_resume_drops_metrics_the_checkpoint_does_not_hold(tmp_path):
     run_dir = tmp_path / "run"
     _fit(tiny_run_config("made", epochs=2), run_dir)

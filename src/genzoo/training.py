@@ -5,8 +5,9 @@ A run folder holds::
 
     config.toml            the resolved run config
     metrics.jsonl          one JSON record per epoch
-    checkpoints/last.pt    written after every epoch (resume starts here)
-    checkpoints/best.pt    the epoch with the best validation NLL
+    checkpoints/last.pt    written after every epoch, or every ``checkpoint_every`` epochs and
+                           when the run stops (resume starts here)
+    checkpoints/best.pt    the model of the epoch with the best validation NLL (no optimizer state)
     loss_curve.png
 """
 from __future__ import annotations
@@ -34,6 +35,9 @@ from genzoo.models import GenerativeModel, build_model
 from genzoo.models.base import model_config_class
 
 __all__ = ["Trainer", "TrainResult", "RunFolder", "weight_l1_norm"]
+
+#: training steps between two reads of the running loss (for the progress bar and the NaN check)
+LOSS_READ_EVERY = 25
 
 
 @dataclass
@@ -292,34 +296,39 @@ class Trainer:
                     })
                 with open(self.run.metrics, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                payload = {
+                stop = None
+                if train_cfg.patience and stale >= train_cfg.patience:
+                    stop = f"no better validation NLL in {stale} epochs"
+                elif out_of_time:
+                    stop = f"reached max_seconds = {train_cfg.max_seconds:g}"
+                model_payload = {
                     "config": cfg.to_dict(),
                     "data_shape": list(data.data_shape),
                     "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
                     "epoch": epoch,
                     "best_valid_nll": best_nll,
                     "best_epoch": best_epoch,
-                    "epochs_without_improvement": stale,
                     "train_seconds": seconds,
                     "training_stage": stage,
                     "epoch_plans": [list(plan) for plan in epoch_plans],
-                    "rng": {"data_order": data_order.get_state(), "torch": torch.get_rng_state()},
                 }
-                save_checkpoint(payload, self.run.last)
+                if stop or epoch == train_cfg.epochs or epoch % train_cfg.checkpoint_every == 0:
+                    save_checkpoint({
+                        **model_payload,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epochs_without_improvement": stale,
+                        "rng": {"data_order": data_order.get_state(), "torch": torch.get_rng_state()},
+                    }, self.run.last)
                 if improved:
-                    save_checkpoint(payload, self.run.best)
+                    save_checkpoint(model_payload, self.run.best)  # evaluation needs no optimizer state
                 validated = f", valid NLL {record['valid_nll']:.3f} nats{' (best)' if improved else ''}" if "valid_nll" in record else ""
                 self._say(
                     f"epoch {epoch}/{train_cfg.epochs}: train loss {train_loss:.3f}{validated}, "
                     f"{record['examples_per_second']:.0f} examples/s"
                 )
-                if train_cfg.patience and stale >= train_cfg.patience:
-                    stopped_because = f"no better validation NLL in {stale} epochs"
-                    break
-                if out_of_time:
-                    stopped_because = f"reached max_seconds = {train_cfg.max_seconds:g}"
+                if stop:
+                    stopped_because = stop
                     break
         records = self.run.read_metrics()
         if records:
@@ -331,26 +340,38 @@ class Trainer:
                          data_order: torch.Generator, epoch: int, train_y: torch.Tensor | None = None) -> float:
         cfg = self.config.train
         model.train()
-        order = torch.randperm(len(train_x), generator=data_order)
-        total, count = 0.0, 0
+        # the epoch's data and order live on the model's device, so a step copies nothing from the host
+        order = torch.randperm(len(train_x), generator=data_order).to(self.device)
+        train_x = train_x.to(self.device)
+        train_y = train_y.to(self.device) if train_y is not None else None
+        # the running loss stays on the device: reading it is a host sync, which on a GPU would stall
+        # the queue of kernels at every step, so it is read every LOSS_READ_EVERY steps
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
         batches = order.split(cfg.batch_size)
-        with tqdm(batches, desc=f"epoch {epoch}", disable=self._progress_disabled(), leave=False) as bar:
-            for index in bar:
-                x = train_x[index].to(self.device, non_blocking=True)
+        model.flatten_input(train_x)  # the epoch's values checked at once (one-line ValueError naming the row)
+        with (tqdm(batches, desc=f"epoch {epoch}", disable=self._progress_disabled(), leave=False) as bar,
+              model.input_values_checked_by_caller()):
+            for step, index in enumerate(bar, 1):
+                x = train_x[index]
                 # a class-conditional model learns p(x | y) from the data set's labels
-                loss = model.loss(x) if train_y is None else model.loss(x, y=train_y[index].to(self.device))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training loss became {loss.item()} at epoch {epoch}; lower the learning rate")
+                loss = model.loss(x) if train_y is None else model.loss(x, y=train_y[index])
                 objective = loss + cfg.l1_penalty * weight_l1_norm(model) if cfg.l1_penalty else loss
                 optimizer.zero_grad(set_to_none=True)
                 objective.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
-                total += loss.item() * len(index)
+                total += loss.detach() * len(index)
                 count += len(index)
-                bar.set_postfix(loss=f"{total / count:.3f}")
-        return total / count
+                if step % LOSS_READ_EVERY == 0 or step == len(batches):
+                    mean = total.item() / count
+                    if not math.isfinite(mean):
+                        raise FloatingPointError(
+                            f"training loss became {mean} at epoch {epoch} (by step {step}); lower the learning rate"
+                        )
+                    bar.set_postfix(loss=f"{mean:.3f}")
+        return total.item() / count
 
     # -- bookkeeping --------------------------------------------------------------------
     def _conditional(self) -> bool:

@@ -8,9 +8,10 @@ A model learns p_θ(x) over data of a fixed ``data_shape`` and offers
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import torch
 from torch import nn
@@ -43,10 +44,23 @@ class GenerativeModel(nn.Module):
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)
         self.num_dims = math.prod(self.data_shape)
+        self._checks_input_values = True
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @contextlib.contextmanager
+    def input_values_checked_by_caller(self) -> Iterator[None]:
+        """Within this block ``log_prob`` and ``loss`` check the shape of their input but not its
+        values (NaN, the model's support): for a caller that checked all of its data once, as
+        the trainer does each epoch. Each value check ends in a read of its result on the host,
+        which on a GPU waits for every queued kernel: at every training step, a stall."""
+        previous, self._checks_input_values = self._checks_input_values, False
+        try:
+            yield
+        finally:
+            self._checks_input_values = previous
 
     def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
         """Check ``x`` and return it as (B, D): image-shaped or flat input both accepted."""
@@ -60,6 +74,8 @@ class GenerativeModel(nn.Module):
             )
         if not x.is_floating_point():
             x = x.float()
+        if not self._checks_input_values:
+            return x.reshape(len(x), self.num_dims).to(self.device, dtype=self._dtype())
         if torch.isnan(x).any():
             row = int(torch.isnan(x.reshape(len(x), -1)).any(1).nonzero()[0])
             raise ValueError(f"input row {row} contains NaN")

@@ -111,8 +111,17 @@ class MADE(BernoulliAutoregressive):
             nn.init.zeros_(self.direct.weight)  # starts as the plain MADE; the data grows the FVSBN part
         # Which mask the next training step uses; a buffer so that resuming continues the cycle.
         self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
+        # Its value mirrored on the host, read from the buffer once after a load: reading a GPU
+        # tensor waits for every queued kernel, which at each step would stall the GPU.
+        self._training_step_on_host: int | None = None
+        self.register_load_state_dict_post_hook(MADE._forget_host_training_step)
+        self._degrees_on_device: dict[int, list[torch.Tensor]] = {}
         self._active_mask = -1
         self.use_mask(0)
+
+    @staticmethod
+    def _forget_host_training_step(module: "MADE", incompatible_keys) -> None:
+        module._training_step_on_host = None
 
     def mask_degrees(self, k: int) -> list[torch.Tensor]:
         cfg = self.config
@@ -123,13 +132,22 @@ class MADE(BernoulliAutoregressive):
             return
         # Built where the weights live: a 8000×8000 layer's mask is 256 MB, which a GPU would
         # otherwise receive from the host at every training step.
-        device = self.layers[0].weight.device
-        degrees = [d.to(device) for d in self.mask_degrees(k)]
+        degrees = self._device_degrees(k)
         for layer, mask in zip(self.layers, made_masks(degrees)):
             layer.set_mask(mask, copy=False)
         if self.direct is not None:
             self.direct.set_mask(made_direct_mask(degrees), copy=False)
         self._active_mask = k
+
+    def _device_degrees(self, k: int) -> list[torch.Tensor]:
+        """Mask k's degrees on the weights' device, copied there once: a blocking copy from the host
+        at each switch of mask would make a GPU finish its queue first."""
+        device = self.layers[0].weight.device
+        degrees = self._degrees_on_device.get(k)
+        if degrees is None or degrees[0].device != device:
+            degrees = [d.to(device) for d in self.mask_degrees(k)]
+            self._degrees_on_device[k] = degrees
+        return degrees
 
     def generation_order(self) -> torch.Tensor:
         return torch.argsort(self.mask_degrees(self._active_mask)[0])
@@ -151,7 +169,10 @@ class MADE(BernoulliAutoregressive):
         K = self.config.num_masks
         if self.training and K > 1:
             # Connectivity-agnostic training: one mask per minibatch, in a fixed cycle.
-            k = int(self.training_step) % K
+            if self._training_step_on_host is None:
+                self._training_step_on_host = int(self.training_step)
+            k = self._training_step_on_host % K
+            self._training_step_on_host += 1
             self.training_step += 1
             return self._log_prob_one_mask(x, k)
         per_mask = torch.stack([self._log_prob_one_mask(x, k) for k in range(K)])

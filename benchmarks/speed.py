@@ -9,6 +9,7 @@ Writes benchmarks/results/speed-<device type>.json. Figures are medians over --r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -82,16 +83,24 @@ def training_setup(name: str, device: torch.device, steps: int, peer: bool = Fal
     return model, optimizer, batch, x
 
 
+def trainer_input_checks(model: torch.nn.Module):
+    """As in the trainer, which checks an epoch's values once: steps skip genzoo's per-batch value
+    checks (a peer-style model has none)."""
+    checked = getattr(model, "input_values_checked_by_caller", None)
+    return checked() if checked else contextlib.nullcontext()
+
+
 def train_throughput(name: str, device: torch.device, repeats: int, steps: int = 8, peer: bool = False) -> float:
     """Training examples per second: genzoo's model and optimizer, or the peer-style baseline."""
     model, optimizer, batch, x = training_setup(name, device, steps, peer)
 
     def run_steps():
-        for xb in x.split(batch):
-            loss = model.loss(xb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        with trainer_input_checks(model):
+            for xb in x.split(batch):
+                loss = model.loss(xb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
         _sync(device)
 
     return batch * steps / median_seconds(run_steps, repeats)
@@ -104,7 +113,8 @@ def train_step_breakdown_ms(name: str, device: torch.device, repeats: int, steps
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
     for step in range(steps * max(1, repeats) + 2):
         tic = time.perf_counter()
-        loss = model.loss(x)
+        with trainer_input_checks(model):
+            loss = model.loss(x)
         _sync(device)
         forward_done = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)

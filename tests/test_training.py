@@ -478,6 +478,21 @@ def test_a_non_finite_loss_stops_training(tmp_path, monkeypatch):
     assert not RunFolder(tmp_path / "run").last.exists()
 
 
+def test_the_trainer_checks_each_epochs_values_before_its_steps(tmp_path, monkeypatch):
+    """Steps skip the per-batch value checks, so the trainer checks each epoch's data at once."""
+    real = genzoo.training.make_training_data
+
+    def data_with_a_bad_value(*args, **kwargs):
+        data = real(*args, **kwargs)
+        data.train_source = data.train_source.clone()
+        data.train_source[7, 0, 2, 3] = 0.5
+        return data
+
+    monkeypatch.setattr(genzoo.training, "make_training_data", data_with_a_bad_value)
+    with pytest.raises(ValueError, match=r"input row 7 has value 0.5 at dimension 19"):
+        _fit(tiny_run_config("made", epochs=1), tmp_path / "run")
+
+
 def test_config_without_a_model_name(tmp_path):
     config = tiny_run_config("made")
     config.model.pop("name")

@@ -2,7 +2,8 @@
 # One binarized-MNIST benchmark run on a GPU as one command that ends within 10 minutes: it
 # trains MODEL under PROTOCOL for at most TRAIN_SECONDS, scores the test set, and copies the
 # results table and the run's metrics into OUT_DIR. Run it again on the same machine and it
-# resumes the run from its last checkpoint (benchmarks/runs/MODEL-PROTOCOL).
+# resumes the run from its last checkpoint (benchmarks/runs/MODEL-PROTOCOL); TRAIN_SECONDS counts
+# the run's training time in all, so a second call needs a larger one (420 more: 840).
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR MODEL [PROTOCOL=static] [TRAIN_SECONDS=420] [DEVICE=cuda]
 #   bash benchmarks/gpu_run.sh "$OUT" made-ensemble     # the 32-mask two-layer MADE (86.64 nats)

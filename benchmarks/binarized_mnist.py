@@ -36,6 +36,7 @@ ANCHORS = {
     # the authors' command for their best MNIST figure trains two hidden layers of 8,000 units
     ("made-ensemble", "static"): "86.64 (Germain et al. 2015, two hidden layers of 8,000)",
     ("made-ensemble-1layer", "static"): "none verified (Germain et al.'s 86.64 is the two-layer made-ensemble)",
+    ("made-ensemble-2x2000", "static"): "none (Germain et al.'s 86.64 is made-ensemble, 8,000 units a layer)",
     ("fvsbn", "dynamic"): "96.58 (pytorch-generative)",
     ("nade", "dynamic"): "85.65 (pytorch-generative)",
     ("made", "dynamic"): "84.87 (pytorch-generative)",

@@ -26,7 +26,7 @@ import torch
 
 import genzoo.training
 from common import REPO, RESULTS, command_line, default_data_dir, device_description, merge_records
-from genzoo.config import load_run_config
+from genzoo.config import RunConfig, load_run_config
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.registry import load_splits
 from genzoo.devices import resolve_device
@@ -45,8 +45,8 @@ def training_data_with_valid(config, data_dir=None, labels=False) -> TrainingDat
     return data
 
 
-def train(model: str, with_valid: bool, args: argparse.Namespace, device: torch.device) -> genzoo.training.TrainResult:
-    config = load_run_config(REPO / "configs" / "dynamic" / f"{model}.toml")
+def train(model: str, config: RunConfig, with_valid: bool, args: argparse.Namespace,
+          device: torch.device) -> genzoo.training.TrainResult:
     run_dir = Path(args.runs) / (f"{model}-dynamic-60k" if with_valid else f"{model}-dynamic")
     original = genzoo.training.make_training_data
     if with_valid:
@@ -61,8 +61,8 @@ def train(model: str, with_valid: bool, args: argparse.Namespace, device: torch.
         genzoo.training.make_training_data = original
 
 
-def test_draws(model_name: str, result: genzoo.training.TrainResult, args: argparse.Namespace, with_valid: bool,
-               device: torch.device) -> dict:
+def test_draws(model_name: str, config: RunConfig, result: genzoo.training.TrainResult, args: argparse.Namespace,
+               with_valid: bool, device: torch.device) -> dict:
     model = result.model
     recorded = result.data.test
     splits, _ = load_splits("mnist", args.data_dir)
@@ -71,7 +71,6 @@ def test_draws(model_name: str, result: genzoo.training.TrainResult, args: argpa
     for i in range(args.draws):
         draw = torch.bernoulli(probabilities, generator=torch.Generator().manual_seed(FIRST_DRAW_SEED + i))
         scores.append(evaluate(model, draw.to(device), "test", batch_size=500).nll_nats)
-    config = load_run_config(REPO / "configs" / "dynamic" / f"{model_name}.toml")
     return {
         "model": model_name,
         "protocol": "dynamic",
@@ -104,10 +103,12 @@ def main() -> None:
         parser.error(f"--draws must be at least 1, got {args.draws}")
     device = resolve_device(args.device)
     for model in args.models:
-        if not (REPO / "configs" / "dynamic" / f"{model}.toml").exists():
+        path = REPO / "configs" / "dynamic" / f"{model}.toml"
+        if not path.exists():
             parser.error(f"no dynamic config for {model!r} (configs/dynamic/{model}.toml)")
+        config = load_run_config(path)
         for with_valid in ([False, True] if args.with_valid else [False]):
-            record = test_draws(model, train(model, with_valid, args, device), args, with_valid, device)
+            record = test_draws(model, config, train(model, config, with_valid, args, device), args, with_valid, device)
             print(json.dumps(record))
             merge_records(RESULTS_JSON, [record], key=("model", "train_images"))
 

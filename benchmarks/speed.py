@@ -154,9 +154,8 @@ def main() -> None:
     # next to MADE's step and at the end, and fractions of peak use the highest reading: a slow
     # spell during one reading can make them look worse, never better.
     peak_readings = [matmul_gflops(device, repeats=args.repeats)]
-    peak = peak_readings[0]
-    print(f"device: {device_description(device)}; float32 matmul (2048²): {peak:.1f} GFLOP/s")
-    record = {"device": device_description(device), "threads": torch.get_num_threads(), "matmul_gflops": peak,
+    print(f"device: {device_description(device)}; float32 matmul (2048²): {peak_readings[0]:.1f} GFLOP/s")
+    record = {"device": device_description(device), "threads": torch.get_num_threads(), "matmul_gflops": None,
               "glibc_keeps_freed_memory": cpu_settings.get("glibc_keeps_freed_memory", False),
               "command": command_line(), "models": {}}
     for name in ("fvsbn", "nade", "made"):
@@ -185,16 +184,13 @@ def main() -> None:
             gflops = rate * made_train_flops_per_example(hyper["hidden_sizes"][0]) / 1e9
             bare = made_step_matmuls_gflops(device, hyper["hidden_sizes"][0], batch, args.repeats)
             peak_readings.append(matmul_gflops(device, repeats=args.repeats))
-            peak = max(peak_readings)
             entry["train_gflops"] = gflops
-            entry["fraction_of_matmul_peak"] = gflops / peak
             entry["step_matmuls_gflops"] = bare
-            entry["step_matmuls_fraction_of_matmul_peak"] = bare / peak
             breakdown = train_step_breakdown_ms(name, device, args.repeats)
             entry["step_breakdown_ms"] = breakdown
             entry["step_matmuls_ms"] = 1e3 * batch * made_train_flops_per_example(hyper["hidden_sizes"][0]) / (bare * 1e9)
-            line += (f" | {gflops:.1f} GFLOP/s = {100 * gflops / peak:.0f}% of matmul (the step's five bare "
-                     f"products alone, batch {batch}: {bare:.1f} GFLOP/s = {100 * bare / peak:.0f}%) | step: "
+            line += (f" | {gflops:.1f} GFLOP/s (the step's five bare products alone, batch {batch}: "
+                     f"{bare:.1f} GFLOP/s) | step: "
                      + ", ".join(f"{part} {ms:.1f} ms" for part, ms in breakdown.items())
                      + f"; the bare products {entry['step_matmuls_ms']:.1f} ms")
         print(line)
@@ -203,10 +199,8 @@ def main() -> None:
     record["matmul_gflops_readings"] = peak_readings
     record["matmul_gflops"] = max(peak_readings)
     made = record["models"]["made"]
-    # the final reading may be the highest: restate MADE's fractions against it
-    for key, rate_key in (("fraction_of_matmul_peak", "train_gflops"),
-                          ("step_matmuls_fraction_of_matmul_peak", "step_matmuls_gflops")):
-        made[key] = made[rate_key] / record["matmul_gflops"]
+    made["fraction_of_matmul_peak"] = made["train_gflops"] / record["matmul_gflops"]
+    made["step_matmuls_fraction_of_matmul_peak"] = made["step_matmuls_gflops"] / record["matmul_gflops"]
     print(f"float32 matmul readings: {', '.join(f'{r:.1f}' for r in peak_readings)} GFLOP/s; MADE's step at "
           f"{100 * made['fraction_of_matmul_peak']:.0f}% of the highest, its bare products at "
           f"{100 * made['step_matmuls_fraction_of_matmul_peak']:.0f}%")

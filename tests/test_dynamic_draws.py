@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import genzoo.training  # noqa: E402
 from dynamic_draws import training_data_with_valid  # noqa: E402
-from genzoo.config import DataConfig  # noqa: E402
+from genzoo.config import DataConfig, load_run_config  # noqa: E402
 from genzoo.data import make_training_data  # noqa: E402
 from genzoo.data.registry import load_splits  # noqa: E402
 
@@ -45,6 +45,7 @@ def test_the_script_leaves_the_trainers_data_loader_as_it_found_it(monkeypatch, 
     monkeypatch.setattr(genzoo.training.Trainer, "fit", failing_fit)
     args = type("Args", (), {"runs": str(tmp_path), "data_dir": None})()
     original = genzoo.training.make_training_data
+    config = load_run_config(Path(dynamic_draws.REPO) / "configs" / "dynamic" / "fvsbn.toml")
     with pytest.raises(RuntimeError, match="stop"):
-        dynamic_draws.train("fvsbn", True, args, torch.device("cpu"))
+        dynamic_draws.train("fvsbn", config, True, args, torch.device("cpu"))
     assert genzoo.training.make_training_data is original

@@ -141,6 +141,20 @@ class _Crash(Exception):
     pass
 
 
+def _crash_at_validation(monkeypatch, n: int) -> None:
+    """Make the run's n-th validation raise _Crash, as a power cut would before that epoch's checkpoint."""
+    real_evaluate = genzoo.training.evaluate
+    calls = {"n": 0}
+
+    def crashing_evaluate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise _Crash("power cut")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(genzoo.training, "evaluate", crashing_evaluate)
+
+
 def test_resume_after_a_crash_mid_epoch_is_exact(tmp_path, monkeypatch):
     """A run with a cosine schedule dies during epoch 3; resuming reproduces the uninterrupted run
     (the half-done epoch 3 is redone from the epoch-2 checkpoint)."""
@@ -149,16 +163,7 @@ def test_resume_after_a_crash_mid_epoch_is_exact(tmp_path, monkeypatch):
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     _fit(tiny_run_config("made", epochs=4, **config), run_a)
 
-    real_evaluate = genzoo.training.evaluate
-    calls = {"n": 0}
-
-    def crashing_evaluate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise _Crash("power cut")
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(genzoo.training, "evaluate", crashing_evaluate)
+    _crash_at_validation(monkeypatch, 3)
     with pytest.raises(_Crash):
         _fit(tiny_run_config("made", epochs=4, **config), run_b)
     monkeypatch.undo()
@@ -207,16 +212,7 @@ def test_resume_after_a_crash_between_checkpoints_is_exact(tmp_path, monkeypatch
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     _fit(tiny_run_config("made", epochs=5, **config), run_a)
 
-    real_evaluate = genzoo.training.evaluate
-    calls = {"n": 0}
-
-    def crashing_evaluate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise _Crash("power cut")
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(genzoo.training, "evaluate", crashing_evaluate)
+    _crash_at_validation(monkeypatch, 4)
     with pytest.raises(_Crash):
         _fit(tiny_run_config("made", epochs=5, **config), run_b)
     monkeypatch.undo()
@@ -478,8 +474,8 @@ def test_a_non_finite_loss_stops_training(tmp_path, monkeypatch):
     assert not RunFolder(tmp_path / "run").last.exists()
 
 
-def test_the_trainer_checks_each_epochs_values_before_its_steps(tmp_path, monkeypatch):
-    """Steps skip the per-batch value checks, so the trainer checks each epoch's data at once."""
+def test_the_trainer_checks_its_training_values_before_its_steps(tmp_path, monkeypatch):
+    """Steps skip the per-batch value checks, so the trainer checks its training data at once."""
     real = genzoo.training.make_training_data
 
     def data_with_a_bad_value(*args, **kwargs):

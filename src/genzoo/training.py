@@ -225,6 +225,10 @@ class Trainer:
         seed_everything(train_cfg.seed)
         data = make_training_data(self.config.data, self.data_dir, labels=self._conditional())
         model = self._build_model(data)
+        # the steps skip their per-batch value checks, so the data is checked here, once (a one-line
+        # ValueError naming the row); a dynamic draw is binary by construction
+        if not data.dynamic:
+            model.flatten_input(data.train_source)
         optimizer = make_optimizer(model, self.config)
         scheduler = make_scheduler(optimizer, cfg)
         data_order = torch.Generator().manual_seed(train_cfg.seed + 1)
@@ -349,7 +353,6 @@ class Trainer:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
         batches = order.split(cfg.batch_size)
-        model.flatten_input(train_x)  # the epoch's values checked at once (one-line ValueError naming the row)
         with (tqdm(batches, desc=f"epoch {epoch}", disable=self._progress_disabled(), leave=False) as bar,
               model.input_values_checked_by_caller()):
             for step, index in enumerate(bar, 1):

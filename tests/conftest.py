@@ -69,6 +69,8 @@ EXTRA_VARIANTS: list[tuple[str, dict]] = [
     ("made", {"hidden_sizes": [16, 16], "num_masks": 3, "order_agnostic": True}),
     ("made", {"hidden_sizes": [12], "num_masks": 2}),
     ("made", {"hidden_sizes": [12], "direct_connections": True}),
+    # every layer multiplies its row blocks (large layers do by default; these are tiny)
+    ("made", {"hidden_sizes": [16, 16], "direct_connections": True, "row_blocks_min_weights": 0}),
     ("made", {"hidden_sizes": [16, 16], "num_masks": 3, "order_agnostic": True, "direct_connections": True}),
     ("nade", {"hidden_size": 8, "backend": "torch"}),  # float32 NADE otherwise runs the C kernel
     ("pixelcnn", {"hidden_channels": 4, "num_blocks": 1, "head_channels": 2, "data_kind": "grayscale"}),

@@ -40,6 +40,8 @@ SAMPLER_VARIANTS = [
     pytest.param("made", {"hidden_sizes": [100, 20], "num_masks": 2, "order_agnostic": True}, id="made-2layers-oa"),
     pytest.param("made", {"hidden_sizes": [10, 70, 5], "mask_seed": 3}, id="made-3layers-narrow"),
     pytest.param("made", {"hidden_sizes": [48], "direct_connections": True}, id="made-direct"),
+    pytest.param("made", {"hidden_sizes": [40, 40], "direct_connections": True, "row_blocks_min_weights": 0},
+                 id="made-row-blocks"),
     pytest.param("made", {"hidden_sizes": [40, 40], "num_masks": 3, "order_agnostic": True, "direct_connections": True},
                  id="made-direct-oa-3masks"),
 ]

@@ -1,0 +1,223 @@
+"""Row-block masked products (genzoo.nn.masked) and MADE's sorted hidden units that use them."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import genzoo
+from conftest import all_binary, randomize
+from genzoo.models.autoregressive.made import made_degrees, made_masks
+from genzoo.nn import MaskedLinear, RowBlock, row_blocks, row_blocks_fraction
+from genzoo.nn.masked import row_block_linear
+
+
+def staircase_mask(rows: int, cols: int, strict: bool, seed: int = 0) -> torch.Tensor:
+    """A MADE-like mask with sorted row degrees: row r sees the columns of degree ≤ (or <) its own."""
+    generator = torch.Generator().manual_seed(seed)
+    out_degrees = torch.randint(1, cols, (rows,), generator=generator).sort().values
+    in_degrees = torch.arange(1, cols + 1)
+    compare = torch.gt if strict else torch.ge
+    return compare(out_degrees[:, None], in_degrees[None, :]).double()
+
+
+def random_mask(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    return (torch.rand(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) < 0.5).double()
+
+
+MASKS = {
+    "staircase": lambda: staircase_mask(37, 23, strict=False),
+    "strict-staircase": lambda: staircase_mask(23, 37, strict=True, seed=1),
+    "lower-triangular": lambda: torch.ones(19, 19, dtype=torch.float64).tril(-1),
+    "random": lambda: random_mask(17, 29),
+    "all-zero-rows": lambda: torch.cat([torch.zeros(5, 11), torch.ones(6, 11)]).double(),
+}
+
+
+# -- row_blocks ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", MASKS)
+@pytest.mark.parametrize("num_blocks", [1, 3, 8, 100])
+def test_row_blocks_are_exact_bounds_of_each_block(kind, num_blocks):
+    """Columns before ``full`` are 1 in every row of a block and ``full`` is the longest such
+    prefix; columns from ``used`` on are 0 in every row and ``used`` is the smallest such bound."""
+    mask = MASKS[kind]()
+    blocks = row_blocks(mask, num_blocks)
+    assert blocks[0].start == 0 and blocks[-1].end == len(mask)
+    assert all(a.end == b.start for a, b in zip(blocks[:-1], blocks[1:]))
+    assert len(blocks) == min(num_blocks, len(mask))
+    for b in blocks:
+        part = mask[b.start:b.end]
+        assert (part[:, :b.full] == 1).all() and (part[:, b.used:] == 0).all()
+        if b.full < mask.shape[1]:
+            assert (part[:, b.full] == 0).any(), "full is not the longest all-ones prefix"
+        if b.used > b.full:
+            assert (part[:, b.used - 1] == 1).any(), "used is not the tightest bound"
+
+
+def test_row_blocks_of_a_staircase_skip_about_half_of_it():
+    mask = staircase_mask(800, 784, strict=False)
+    assert row_blocks_fraction(row_blocks(mask, 1), tuple(mask.shape)) > 0.99
+    fraction = row_blocks_fraction(row_blocks(mask, 8), tuple(mask.shape))
+    assert 0.5 < fraction < 0.6
+
+
+# -- the product and its gradients --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", MASKS)
+@pytest.mark.parametrize("num_blocks", [1, 4, 100])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_row_block_product_and_gradients_equal_the_dense_masked_product(kind, num_blocks, bias):
+    mask = MASKS[kind]()
+    rows, cols = mask.shape
+    generator = torch.Generator().manual_seed(7)
+    weight = torch.randn(rows, cols, generator=generator, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(rows, generator=generator, dtype=torch.float64, requires_grad=True) if bias else None
+    x = torch.randn(6, cols, generator=generator, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(6, rows, generator=generator, dtype=torch.float64)
+
+    dense = F.linear(x, weight * mask, b)
+    blocked = row_block_linear(x, weight, b, mask, row_blocks(mask, num_blocks))
+    assert torch.allclose(blocked, dense, rtol=0, atol=1e-12)
+    inputs = [x, weight] + ([b] if bias else [])
+    expected = torch.autograd.grad(dense, inputs, upstream)
+    got = torch.autograd.grad(blocked, inputs, upstream)
+    for name, e, g in zip(["x", "weight", "bias"], expected, got):
+        assert torch.allclose(g, e, rtol=0, atol=1e-12), f"gradient of {name} differs"
+    assert (got[1][mask == 0] == 0).all()
+
+
+def test_row_block_product_passes_gradcheck():
+    mask = staircase_mask(9, 6, strict=True)
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(9, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(9, generator=generator, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 6, generator=generator, dtype=torch.float64, requires_grad=True)
+    blocks = row_blocks(mask, 3)
+    assert torch.autograd.gradcheck(lambda x, w, b: row_block_linear(x, w, b, mask, blocks), (x, weight, bias))
+
+
+def test_row_block_product_keeps_leading_dimensions_and_skips_unneeded_gradients():
+    mask = staircase_mask(12, 10, strict=False)
+    layer = MaskedLinear(10, 12, mask=mask.float())
+    layer.set_mask(mask.float(), blocks=row_blocks(mask, 4))
+    x = torch.randn(2, 3, 10)
+    y = layer(x)
+    assert y.shape == (2, 3, 12)
+    assert torch.allclose(y, F.linear(x, layer.weight * layer.mask, layer.bias), atol=1e-6)
+    y.sum().backward()  # x needs no gradient: only the weight's and the bias's are made
+    assert layer.weight.grad is not None and layer.bias.grad is not None and x.grad is None
+
+
+def test_masked_linear_drops_row_blocks_with_a_new_mask_and_checks_them():
+    mask = staircase_mask(12, 10, strict=False).float()
+    layer = MaskedLinear(10, 12)
+    layer.set_mask(mask, blocks=row_blocks(mask, 4))
+    assert layer.row_blocks is not None
+    layer.set_mask(torch.ones(12, 10))  # blocks of the old mask would be wrong for this one
+    assert layer.row_blocks is None
+    with pytest.raises(ValueError, match="row blocks cover rows 0..6, the mask has 12"):
+        layer.set_mask(mask, blocks=(RowBlock(0, 6, 3, 5),))
+
+
+# -- MADE: hidden units in order of degree ------------------------------------------------------------
+
+
+def test_made_with_one_mask_numbers_hidden_units_in_order_of_degree():
+    model = genzoo.build_model("made", (10,), hidden_sizes=[30, 20])
+    degrees = model.mask_degrees(0)
+    drawn = made_degrees(10, (30, 20), order_agnostic=False, seed=0)
+    assert bool(model.hidden_units_sorted)
+    for got, raw in zip(degrees[1:], drawn[1:]):
+        assert torch.equal(got, raw.sort().values)
+    assert torch.equal(degrees[0], drawn[0])
+    ensemble = genzoo.build_model("made", (10,), hidden_sizes=[30], num_masks=3)
+    assert not bool(ensemble.hidden_units_sorted), "K masks keep each mask's own drawn degrees"
+    assert torch.equal(ensemble.mask_degrees(1)[1], made_degrees(10, (30,), False, seed=1)[1])
+
+
+def _drawn_numbering_state(model) -> dict:
+    """The model's state in the numbering of units as drawn, as saved before units were sorted."""
+    cfg = model.config
+    drawn = made_degrees(model.num_dims, cfg.hidden_sizes, cfg.order_agnostic, seed=cfg.mask_seed * 100_003)
+    state = {k: v.clone() for k, v in model.state_dict().items() if k != "hidden_units_sorted"}
+    previous = None
+    for i, degrees in enumerate([*drawn[1:], None]):
+        w, b = f"layers.{i}.weight", f"layers.{i}.bias"
+        if previous is not None:
+            state[w][:, previous] = state[w].clone()
+        if degrees is not None:
+            previous = torch.argsort(degrees, stable=True)
+            state[w][previous] = state[w].clone()
+            state[b][previous] = state[b].clone()
+    return state
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["plain", "direct"])
+def test_made_sorted_units_are_the_drawn_model_relabelled(direct):
+    """A checkpoint saved before units were sorted (no ``hidden_units_sorted``) loads with the
+    degrees as drawn, and gives the same log p(x) as the sorted model it is a relabelling of."""
+    D = 6
+    sorted_model = randomize(genzoo.build_model("made", (D,), hidden_sizes=[13, 9], direct_connections=direct,
+                                                row_blocks_min_weights=0).double(), seed=3)
+    old_state = _drawn_numbering_state(sorted_model)
+    old = genzoo.build_model("made", (D,), hidden_sizes=[13, 9], direct_connections=direct).double()
+    old.load_state_dict(old_state)
+    assert not bool(old.hidden_units_sorted)
+    assert all(layer.row_blocks is None for layer in old.layers)
+    assert torch.equal(old.mask_degrees(0)[1], made_degrees(D, (13, 9), False, seed=0)[1])
+    x = all_binary(D)
+    assert torch.allclose(old.log_prob(x), sorted_model.log_prob(x), rtol=0, atol=1e-10)
+    # and a sorted checkpoint loaded into that model switches it back
+    old.load_state_dict(sorted_model.state_dict())
+    assert bool(old.hidden_units_sorted) and torch.equal(old.layers[0].mask, sorted_model.layers[0].mask)
+    assert torch.allclose(old.log_prob(x), sorted_model.log_prob(x), rtol=0, atol=1e-12)
+
+
+def test_made_initial_weights_are_relabelled_with_the_units():
+    """Under one seed, the sorted model starts as the drawn-numbering model did before sorting."""
+    torch.manual_seed(11)
+    model = genzoo.build_model("made", (8,), hidden_sizes=[12])
+    torch.manual_seed(11)
+    unsorted_init = [torch.nn.Linear(8, 12), torch.nn.Linear(12, 8)]  # what MADE's layers drew
+    permutation = torch.argsort(made_degrees(8, (12,), False, seed=0)[1], stable=True)
+    assert torch.equal(model.layers[0].weight, unsorted_init[0].weight[permutation])
+    assert torch.equal(model.layers[0].bias, unsorted_init[0].bias[permutation])
+    assert torch.equal(model.layers[1].weight, unsorted_init[1].weight[:, permutation])
+    assert torch.equal(model.layers[1].bias, unsorted_init[1].bias)
+
+
+@pytest.mark.parametrize(
+    "hp",
+    [{"hidden_sizes": [16, 16]}, {"hidden_sizes": [20], "direct_connections": True}, {"hidden_sizes": [8, 24, 6]}],
+    ids=["two-layers", "direct", "three-layers"],
+)
+def test_made_row_blocks_give_the_dense_log_prob_and_gradients(hp):
+    D = 7
+    blocked = randomize(genzoo.build_model("made", (D,), row_blocks_min_weights=0, **hp).double(), seed=5)
+    dense = genzoo.build_model("made", (D,), row_blocks=0, **hp).double()
+    dense.load_state_dict(blocked.state_dict())
+    layers = [*blocked.layers, *([blocked.direct] if blocked.direct is not None else [])]
+    assert all(layer.row_blocks is not None for layer in layers), "the test must exercise every layer's blocks"
+    assert all(layer.row_blocks is None for layer in dense.layers)
+    x = all_binary(D)
+    assert torch.allclose(blocked.log_prob(x).exp().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(blocked.log_prob(x), dense.log_prob(x), rtol=0, atol=1e-10)
+    blocked.loss(x).backward()
+    dense.loss(x).backward()
+    for (name, p), q in zip(blocked.named_parameters(), dense.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-10), name
+
+
+def test_made_row_blocks_only_where_they_save_work():
+    big = genzoo.build_model("made", (1, 28, 28), hidden_sizes=[1000], direct_connections=True)
+    assert all(layer.row_blocks is not None for layer in [*big.layers, big.direct])  # 784 000 weights a layer
+    small = genzoo.build_model("made", (1, 28, 28), hidden_sizes=[100])  # 78 400 weights: dense
+    assert all(layer.row_blocks is None for layer in small.layers)
+    shuffled = genzoo.build_model("made", (1, 28, 28), hidden_sizes=[1000], order_agnostic=True)
+    # a random input order makes the first and last masks no staircase: their blocks would save little
+    assert shuffled.layers[0].row_blocks is None and shuffled.layers[1].row_blocks is None
+    with pytest.raises(ValueError, match="row_blocks must be 0"):
+        genzoo.build_model("made", (4,), row_blocks=-1)

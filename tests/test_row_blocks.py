@@ -221,3 +221,13 @@ def test_made_row_blocks_only_where_they_save_work():
     assert shuffled.layers[0].row_blocks is None and shuffled.layers[1].row_blocks is None
     with pytest.raises(ValueError, match="row_blocks must be 0"):
         genzoo.build_model("made", (4,), row_blocks=-1)
+
+
+def test_made_inside_another_model_loads_an_older_state():
+    """The older-checkpoint rule applies under a prefix too (e.g. a VQ-VAE's MADE prior)."""
+    outer = torch.nn.ModuleDict({"prior": genzoo.build_model("made", (5,), hidden_sizes=[8])})
+    state = {k: v for k, v in outer.state_dict().items() if not k.endswith("hidden_units_sorted")}
+    assert len(state) == len(outer.state_dict()) - 1
+    outer.load_state_dict(state)
+    assert not bool(outer["prior"].hidden_units_sorted)
+    assert torch.equal(outer["prior"].mask_degrees(0)[1], made_degrees(5, (8,), False, seed=0)[1])

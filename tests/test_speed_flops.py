@@ -1,0 +1,29 @@
+"""benchmarks/speed.py's count of a MADE training step's floating-point operations."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import genzoo  # noqa: E402
+from genzoo.nn import row_blocks_fraction  # noqa: E402
+from speed import made_train_flops_per_example  # noqa: E402
+
+
+def test_dense_count_is_five_products_for_one_hidden_layer():
+    model = genzoo.build_model("made", (1, 28, 28), hidden_sizes=[1000], row_blocks=0)
+    dense, executed = made_train_flops_per_example(model)
+    assert dense == executed == 5 * 2 * 784 * 1000
+
+
+def test_executed_count_follows_the_row_blocks():
+    model = genzoo.build_model("made", (1, 28, 28), hidden_sizes=[1000], direct_connections=True)
+    dense, executed = made_train_flops_per_example(model)
+    # first layer and direct connections read the data (2 products), the output layer 3
+    assert dense == 2 * (2 + 3) * 784 * 1000 + 2 * 2 * 784 * 784
+    fractions = [row_blocks_fraction(layer.row_blocks, tuple(layer.weight.shape))
+                 for layer in (*model.layers, model.direct)]
+    areas = [784 * 1000, 784 * 1000, 784 * 784]
+    assert executed == pytest.approx(sum(2 * p * f * a for p, f, a in zip((2, 3, 2), fractions, areas)), rel=1e-12)
+    assert 0.5 < executed / dense < 0.6

@@ -9,7 +9,7 @@ import genzoo
 from conftest import all_binary, randomize
 from genzoo.models.autoregressive.made import made_degrees, made_masks
 from genzoo.nn import MaskedLinear, RowBlock, row_blocks, row_blocks_fraction
-from genzoo.nn.masked import row_block_linear
+from genzoo.nn.masked import MIN_UNMASKED_COLUMNS, row_block_linear
 
 
 def staircase_mask(rows: int, cols: int, strict: bool, seed: int = 0) -> torch.Tensor:
@@ -27,6 +27,8 @@ def random_mask(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
 
 MASKS = {
     "staircase": lambda: staircase_mask(37, 23, strict=False),
+    # wide enough that blocks have unmasked prefixes of MIN_UNMASKED_COLUMNS or more
+    "wide-staircase": lambda: staircase_mask(40, 120, strict=False, seed=2),
     "strict-staircase": lambda: staircase_mask(23, 37, strict=True, seed=1),
     "lower-triangular": lambda: torch.ones(19, 19, dtype=torch.float64).tril(-1),
     "random": lambda: random_mask(17, 29),
@@ -87,6 +89,11 @@ def test_row_block_product_and_gradients_equal_the_dense_masked_product(kind, nu
     for name, e, g in zip(["x", "weight", "bias"], expected, got):
         assert torch.allclose(g, e, rtol=0, atol=1e-12), f"gradient of {name} differs"
     assert (got[1][mask == 0] == 0).all()
+
+
+def test_the_wide_staircase_exercises_both_kinds_of_prefix():
+    fulls = [b.full for b in row_blocks(MASKS["wide-staircase"](), 4)]
+    assert min(fulls) < MIN_UNMASKED_COLUMNS <= max(fulls)
 
 
 def test_row_block_product_passes_gradcheck():

@@ -238,17 +238,3 @@ def test_made_inside_another_model_loads_an_older_state():
     outer.load_state_dict(state)
     assert not bool(outer["prior"].hidden_units_sorted)
     assert torch.equal(outer["prior"].mask_degrees(0)[1], made_degrees(5, (8,), False, seed=0)[1])
-
-
-def test_fvsbn_on_mnist_size_multiplies_the_triangle_by_blocks_with_the_dense_result():
-    model = randomize(genzoo.build_model("fvsbn", (1, 28, 28)).double(), seed=1, std=0.05)
-    assert model.linear.row_blocks is not None
-    assert row_blocks_fraction(model.linear.row_blocks, (784, 784)) < 0.6
-    x = (torch.rand(5, 784, generator=torch.Generator().manual_seed(0)) < 0.3).double()
-    weight = model.linear.weight
-    dense = F.linear(x, weight * torch.ones(784, 784, dtype=torch.float64).tril(-1), model.linear.bias)
-    assert torch.allclose(model.conditional_logits(x), dense, rtol=0, atol=1e-10)
-    (expected,) = torch.autograd.grad(dense.square().sum(), weight)
-    (got,) = torch.autograd.grad(model.conditional_logits(x).square().sum(), weight)
-    assert torch.allclose(got, expected, rtol=0, atol=1e-10)
-    assert genzoo.build_model("fvsbn", (8,)).linear.row_blocks is None, "a small FVSBN stays dense"

@@ -3,8 +3,7 @@ regression per dimension on the dimensions before it:
 
     p(x_d = 1 | x_<d) = σ(b_d + Σ_{j<d} W_dj x_j),   W strictly lower triangular.
 
-``log_prob`` is one masked matrix product (for large D over the triangle's row blocks only, the
-same product from about 56% of the multiply-adds: see ``genzoo.nn.masked``); sampling updates one logit per step in O(d), so a
+``log_prob`` is one masked matrix product; sampling updates one logit per step in O(d), so a
 whole sample costs O(D²) — the cost of a single forward pass.
 
 References: Frey, "Graphical Models for Machine Learning and Digital Communication" (1998);
@@ -19,7 +18,7 @@ from torch import nn
 
 from genzoo.models.autoregressive.base import BernoulliAutoregressive
 from genzoo.models.base import register_model
-from genzoo.nn import MaskedLinear, row_blocks
+from genzoo.nn import MaskedLinear
 
 __all__ = ["FVSBN", "FVSBNConfig"]
 
@@ -31,17 +30,11 @@ class FVSBNConfig:
 
 @register_model("fvsbn", FVSBNConfig)
 class FVSBN(BernoulliAutoregressive):
-    #: from this many weights on, the product skips the triangle's zero blocks; smaller is faster dense
-    ROW_BLOCKS_MIN_WEIGHTS = 1 << 18
-    ROW_BLOCKS = 8
-
     def __init__(self, data_shape: tuple[int, ...], config: FVSBNConfig | None = None):
         super().__init__(data_shape)
         self.config = config or FVSBNConfig()
         strictly_lower = torch.ones(self.num_dims, self.num_dims).tril(-1)
-        large = strictly_lower.numel() >= self.ROW_BLOCKS_MIN_WEIGHTS
-        self.linear = MaskedLinear(self.num_dims, self.num_dims)
-        self.linear.set_mask(strictly_lower, blocks=row_blocks(strictly_lower, self.ROW_BLOCKS) if large else None)
+        self.linear = MaskedLinear(self.num_dims, self.num_dims, mask=strictly_lower)
         nn.init.zeros_(self.linear.weight)
 
     def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -238,3 +238,21 @@ def test_made_inside_another_model_loads_an_older_state():
     outer.load_state_dict(state)
     assert not bool(outer["prior"].hidden_units_sorted)
     assert torch.equal(outer["prior"].mask_degrees(0)[1], made_degrees(5, (8,), False, seed=0)[1])
+
+
+def test_row_blocks_are_used_on_the_cpu_only(monkeypatch):
+    """Elsewhere (a GPU; here the meta device stands in) the layer takes the dense product."""
+    import genzoo.nn.masked as masked
+
+    def refuse(*args):
+        raise AssertionError("row blocks used")
+
+    monkeypatch.setattr(masked, "row_block_linear", refuse)
+    mask = staircase_mask(12, 10, strict=False).float()
+    layer = MaskedLinear(10, 12)
+    layer.set_mask(mask, blocks=row_blocks(mask, 4))
+    with pytest.raises(AssertionError, match="row blocks used"):
+        layer(torch.randn(3, 10))
+    layer = layer.to("meta")
+    assert layer.row_blocks is not None
+    assert layer(torch.randn(3, 10, device="meta")).shape == (3, 12)

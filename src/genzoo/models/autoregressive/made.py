@@ -58,8 +58,8 @@ class MADEConfig:
     direct_connections: bool = False
     #: with one mask, each layer of at least ``row_blocks_min_weights`` weights splits its rows
     #: into this many blocks and multiplies only what each block's mask lets through (the same
-    #: results, fewer operations); 0 keeps every product dense. Masks shared by K > 1 training
-    #: masks are not staircases and stay dense.
+    #: results, fewer operations; on the CPU only); 0 keeps every product dense. The masks of a
+    #: K > 1 ensemble are not staircases and stay dense.
     row_blocks: int = 8
     row_blocks_min_weights: int = 1 << 18
 

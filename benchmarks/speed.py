@@ -77,7 +77,7 @@ def made_train_flops_per_example(model) -> tuple[float, float]:
     dense = executed = 0.0
     for layer, reads_data in layers:
         rows, cols = layer.weight.shape
-        blocks = layer.row_blocks
+        blocks = layer.active_row_blocks()
         used = rows * cols if blocks is None else sum((b.end - b.start) * b.used for b in blocks)
         products = 2 if reads_data else 3
         dense += products * 2 * rows * cols
@@ -196,7 +196,8 @@ def main() -> None:
                 f"baseline's {peer_rate:.0f}; {entry['train_speedup_vs_peer_quoted']:.1f}x the peer's quoted rate) | "
                 f"16 samples: fast {fast:.3f} s, naive {naive:.2f} s ({naive / fast:.0f}x)")
         if name == "made":
-            dense_flops, executed_flops = made_train_flops_per_example(genzoo.build_model(name, (1, 28, 28), **hyper))
+            dense_flops, executed_flops = made_train_flops_per_example(
+                genzoo.build_model(name, (1, 28, 28), **hyper).to(device))
             dense_rate = train_throughput(name, device, args.repeats, overrides={"row_blocks": 0})
             bare = made_step_matmuls_gflops(device, hyper["hidden_sizes"][0], batch, args.repeats)
             peak_readings.append(matmul_gflops(device, repeats=args.repeats))

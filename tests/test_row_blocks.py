@@ -253,6 +253,7 @@ def test_row_blocks_are_used_on_the_cpu_only(monkeypatch):
     layer.set_mask(mask, blocks=row_blocks(mask, 4))
     with pytest.raises(AssertionError, match="row blocks used"):
         layer(torch.randn(3, 10))
+    assert layer.active_row_blocks() is layer.row_blocks
     layer = layer.to("meta")
-    assert layer.row_blocks is not None
+    assert layer.row_blocks is not None and layer.active_row_blocks() is None
     assert layer(torch.randn(3, 10, device="meta")).shape == (3, 12)

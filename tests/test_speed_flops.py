@@ -27,3 +27,9 @@ def test_executed_count_follows_the_row_blocks():
     areas = [784 * 1000, 784 * 1000, 784 * 784]
     assert executed == pytest.approx(sum(2 * p * f * a for p, f, a in zip((2, 3, 2), fractions, areas)), rel=1e-12)
     assert 0.5 < executed / dense < 0.6
+
+
+def test_off_the_cpu_every_product_counts_as_dense():
+    model = genzoo.build_model("made", (1, 28, 28), hidden_sizes=[1000]).to("meta")
+    dense, executed = made_train_flops_per_example(model)
+    assert dense == executed

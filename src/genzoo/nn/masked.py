@@ -155,7 +155,12 @@ class MaskedLinear(nn.Linear):
     def masked_weight(self) -> torch.Tensor:
         return self.weight * self.mask
 
+    def active_row_blocks(self) -> tuple[RowBlock, ...] | None:
+        """The row blocks the forward pass uses: none off the CPU (see the module docstring)."""
+        return self.row_blocks if self.weight.device.type == "cpu" else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.row_blocks is None or self.weight.device.type != "cpu":
+        blocks = self.active_row_blocks()
+        if blocks is None:
             return F.linear(x, self.masked_weight(), self.bias)
-        return row_block_linear(x, self.weight, self.bias, self.mask, self.row_blocks)
+        return row_block_linear(x, self.weight, self.bias, self.mask, blocks)

@@ -23,6 +23,7 @@ import peer_style
 from common import RESULTS, command_line, device_description, median_seconds
 from genzoo.config import RunConfig
 from genzoo.devices import resolve_device, tune_cpu_process
+from genzoo.nn import row_blocks_fraction
 from genzoo.training import make_optimizer
 
 D = 784
@@ -76,12 +77,12 @@ def made_train_flops_per_example(model) -> tuple[float, float]:
         layers.append((model.direct, True))
     dense = executed = 0.0
     for layer, reads_data in layers:
-        rows, cols = layer.weight.shape
+        shape = tuple(layer.weight.shape)
         blocks = layer.active_row_blocks()
-        used = rows * cols if blocks is None else sum((b.end - b.start) * b.used for b in blocks)
+        fraction = 1.0 if blocks is None else row_blocks_fraction(blocks, shape)
         products = 2 if reads_data else 3
-        dense += products * 2 * rows * cols
-        executed += products * 2 * used
+        dense += products * 2 * shape[0] * shape[1]
+        executed += products * 2 * shape[0] * shape[1] * fraction
     return dense, executed
 
 

@@ -77,18 +77,10 @@ class _RowBlockLinear(torch.autograd.Function):
         outputs = []
         for block, (full, used), band in zip(blocks, splits, bands):
             rows = slice(block.start, block.end)
-            y = None
-            if full:
-                y = (torch.addmm(bias[rows], x[:, :full], weight[rows, :full].t()) if bias is not None
-                     else x[:, :full] @ weight[rows, :full].t())
-            if used > full:
-                if y is None:
-                    y = (torch.addmm(bias[rows], x[:, full:used], band.t()) if bias is not None
-                         else x[:, full:used] @ band.t())
-                else:
-                    y.addmm_(x[:, full:used], band.t())
-            if y is None:  # rows that see no column
-                y = bias[rows].expand(len(x), -1).clone() if bias is not None else x.new_zeros(len(x), block.end - block.start)
+            y = bias[rows].expand(len(x), -1) if bias is not None else x.new_zeros(len(x), block.end - block.start)
+            for inputs, w in ((x[:, :full], weight[rows, :full]), (x[:, full:used], band)):
+                if w.shape[1]:
+                    y = torch.addmm(y, inputs, w.t())
             outputs.append(y)
         ctx.save_for_backward(x, weight, mask)
         ctx.blocks, ctx.splits, ctx.bands, ctx.has_bias = blocks, splits, bands, bias is not None

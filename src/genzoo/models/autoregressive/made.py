@@ -165,14 +165,17 @@ class MADE(BernoulliAutoregressive):
 
     def mask_degrees(self, k: int) -> list[torch.Tensor]:
         cfg = self.config
-        return made_degrees(self.num_dims, cfg.hidden_sizes, cfg.order_agnostic, seed=cfg.mask_seed * 100_003 + k,
+        return made_degrees(self.num_dims, cfg.hidden_sizes, cfg.order_agnostic, seed=self._degree_seed(k),
                             sort_hidden=self._hidden_units_sorted)
+
+    def _degree_seed(self, k: int) -> int:
+        return self.config.mask_seed * 100_003 + k
 
     @torch.no_grad()
     def _relabel_initial_hidden_units(self) -> None:
         """Permute the initial weights from the drawn numbering of hidden units to the sorted one."""
         cfg = self.config
-        drawn = made_degrees(self.num_dims, cfg.hidden_sizes, cfg.order_agnostic, seed=cfg.mask_seed * 100_003)
+        drawn = made_degrees(self.num_dims, cfg.hidden_sizes, cfg.order_agnostic, seed=self._degree_seed(0))
         previous = None
         for layer, degrees in zip(self.layers, [*drawn[1:], None]):
             if previous is not None:
@@ -184,7 +187,9 @@ class MADE(BernoulliAutoregressive):
 
     def _layer_row_blocks(self) -> list[tuple[RowBlock, ...] | None]:
         """Row blocks of each layer's mask (direct connections last), None where the dense product
-        is faster; computed once, on the host, for the one mask of a sorted-unit MADE."""
+        is faster (every layer, unless units are sorted); computed once, on the host."""
+        if not self._hidden_units_sorted:
+            return [None] * (len(self.layers) + (self.direct is not None))
         if self._row_blocks is None:
             degrees = self.mask_degrees(0)
             masks = made_masks(degrees) + ([made_direct_mask(degrees)] if self.direct is not None else [])
@@ -204,8 +209,7 @@ class MADE(BernoulliAutoregressive):
         # Built where the weights live: a 8000×8000 layer's mask is 256 MB, which a GPU would
         # otherwise receive from the host at every training step.
         degrees = self._device_degrees(k)
-        num_layers = len(self.layers) + (self.direct is not None)
-        blocks = self._layer_row_blocks() if self._hidden_units_sorted else [None] * num_layers
+        blocks = self._layer_row_blocks()
         for layer, mask, layer_blocks in zip(self.layers, made_masks(degrees), blocks):
             layer.set_mask(mask, copy=False, blocks=layer_blocks)
         if self.direct is not None:

@@ -32,6 +32,34 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
     return statistics.median(times)
 
 
+def interleaved_seconds(contenders: dict[str, Callable[[], object]], rounds: int = 5,
+                        warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each contender's call in each of ``rounds`` rounds. A round calls every
+    contender once, in an order rotated from round to round, so that a slow spell of a shared host
+    falls on all of them alike and a ratio taken within a round compares like with like."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            tic = time.perf_counter()
+            contenders[name]()
+            seconds[name].append(time.perf_counter() - tic)
+    return seconds
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """The median over rounds of numerator / denominator, each pair measured in the same round."""
+    if len(numerators) != len(denominators) or not numerators:
+        raise ValueError("median_ratio needs two equally long, non-empty lists of per-round figures")
+    return statistics.median(a / b for a, b in zip(numerators, denominators))
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -4,9 +4,11 @@ configurations, against this machine's own float32 matmul rate and against peer-
 
     python benchmarks/speed.py [--device auto] [--repeats 5]
 
-Writes benchmarks/results/speed-<device type>.json. Figures are medians over --repeats runs; the
-matmul rate is read three times (start, next to MADE's step, end) and fractions of peak use the
-highest reading.
+Writes benchmarks/results/speed-<device type>.json. The contenders compared with each other (a
+model against its peer-style baseline; MADE's step against its dense-product variant, its bare
+products and the 2048² matmul) are timed interleaved: each of --repeats rounds runs every
+contender once, a rate is the median over rounds, and a ratio is the median of the ratios taken
+within each round, so that a slow spell of a shared host moves both sides of a ratio alike.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import contextlib
 import json
 import statistics
 import time
+from typing import Callable
 
 import torch
 
 import genzoo
 import peer_style
-from common import RESULTS, command_line, device_description, median_seconds
+from common import RESULTS, command_line, device_description, interleaved_seconds, median_ratio, median_seconds
 from genzoo.config import RunConfig
 from genzoo.devices import resolve_device, tune_cpu_process
 from genzoo.nn import row_blocks_fraction
@@ -40,10 +43,20 @@ CONFIGS = {  # the peer's published hyperparameters
 }
 
 
-def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+def matmul_call(device: torch.device, n: int = 2048) -> tuple[Callable[[], None], float]:
+    """One n × n float32 matrix product, the machine's reference rate; (call, FLOPs per call)."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    seconds = median_seconds(lambda: (a @ b, _sync(device)), repeats)
-    return 2 * n**3 / seconds / 1e9
+
+    def product():
+        a @ b
+        _sync(device)
+
+    return product, 2.0 * n**3
+
+
+def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
+    product, flops = matmul_call(device)
+    return flops / median_seconds(product, repeats) / 1e9
 
 
 def _sync(device: torch.device) -> None:
@@ -51,10 +64,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def made_step_matmuls_gflops(device: torch.device, hidden: int, batch: int, repeats: int) -> float:
-    """GFLOP/s of the five bare matrix products of one MADE training step at its own (skinny)
-    shapes — forward x·W₁ᵀ and h·W₂ᵀ, backward the gradients of W₂, h and W₁ — with nothing
-    else: the rate a step could reach if masking, ReLU, the loss and Adam cost nothing."""
+def made_step_matmuls_call(device: torch.device, hidden: int, batch: int) -> tuple[Callable[[], None], float]:
+    """The five bare dense matrix products of one MADE training step at its own (skinny) shapes —
+    forward x·W₁ᵀ and h·W₂ᵀ, backward the gradients of W₂, h and W₁ — with nothing else: the rate
+    a dense step could reach if masking, ReLU, the loss and Adam cost nothing; (call, FLOPs per call)."""
     x, g_out = torch.randn(batch, D, device=device), torch.randn(batch, D, device=device)
     h, g_h = torch.randn(batch, hidden, device=device), torch.randn(batch, hidden, device=device)
     w1, w2 = torch.randn(hidden, D, device=device), torch.randn(D, hidden, device=device)
@@ -63,7 +76,7 @@ def made_step_matmuls_gflops(device: torch.device, hidden: int, batch: int, repe
         x @ w1.t(), h @ w2.t(), g_out.t() @ h, g_out @ w2, g_h.t() @ x
         _sync(device)
 
-    return batch * 5 * 2 * D * hidden / median_seconds(products, repeats) / 1e9
+    return products, batch * 5 * 2.0 * D * hidden
 
 
 def made_train_flops_per_example(model) -> tuple[float, float]:
@@ -107,9 +120,10 @@ def trainer_input_checks(model: torch.nn.Module):
     return checked() if checked else contextlib.nullcontext()
 
 
-def train_throughput(name: str, device: torch.device, repeats: int, steps: int = 8, peer: bool = False,
-                     overrides: dict | None = None) -> float:
-    """Training examples per second: genzoo's model and optimizer, or the peer-style baseline."""
+def training_steps_call(name: str, device: torch.device, steps: int = 8, peer: bool = False,
+                        overrides: dict | None = None) -> tuple[Callable[[], None], float]:
+    """``steps`` training steps of genzoo's model and optimizer, or of the peer-style baseline;
+    (call, examples per call)."""
     model, optimizer, batch, x = training_setup(name, device, steps, peer, overrides)
 
     def run_steps():
@@ -121,7 +135,13 @@ def train_throughput(name: str, device: torch.device, repeats: int, steps: int =
                 optimizer.step()
         _sync(device)
 
-    return batch * steps / median_seconds(run_steps, repeats)
+    return run_steps, float(batch * steps)
+
+
+def interleaved_rates(contenders: dict[str, tuple[Callable[[], None], float]], rounds: int) -> dict[str, list[float]]:
+    """Work per second of each contender in each round (examples or FLOPs, as its call counts)."""
+    seconds = interleaved_seconds({name: call for name, (call, _) in contenders.items()}, rounds)
+    return {name: [work / t for t in seconds[name]] for name, (_, work) in contenders.items()}
 
 
 def train_step_breakdown_ms(name: str, device: torch.device, repeats: int, steps: int = 8) -> dict[str, float]:
@@ -157,27 +177,74 @@ def sampling_seconds(name: str, device: torch.device, repeats: int, naive: bool,
         return median_seconds(lambda: (sampler(u), _sync(device)), repeats if not naive else max(1, repeats // 2))
 
 
+def made_comparison(device: torch.device, hyper: dict, batch: int, rounds: int,
+                    genzoo_steps: tuple[Callable[[], None], float],
+                    peer_steps: tuple[Callable[[], None], float]) -> dict:
+    """MADE's step against its dense-product variant, its bare dense products and the 2048² matmul,
+    all interleaved with the peer-style baseline: rates, and fractions of the matmul rate taken
+    within each round."""
+    dense_flops, executed_flops = made_train_flops_per_example(
+        genzoo.build_model("made", (1, 28, 28), **hyper).to(device))
+    rates = interleaved_rates({
+        "genzoo": genzoo_steps,
+        "peer-style": peer_steps,
+        "dense products": training_steps_call("made", device, overrides={"row_blocks": 0}),
+        "bare products": made_step_matmuls_call(device, hyper["hidden_sizes"][0], batch),
+        "matmul": matmul_call(device),
+    }, rounds)
+    matmul = rates["matmul"]
+    executed = [r * executed_flops for r in rates["genzoo"]]
+    dense_equivalent = [r * dense_flops for r in rates["genzoo"]]
+    dense_products = [r * dense_flops for r in rates["dense products"]]
+    bare = rates["bare products"]
+    median = statistics.median
+    return {
+        "rates": rates,
+        "train_flops_per_example_dense": dense_flops,
+        "train_flops_per_example_executed": executed_flops,
+        "train_gflops_executed": median(executed) / 1e9,
+        "train_gflops_dense_equivalent": median(dense_equivalent) / 1e9,
+        "dense_products_train_examples_per_second": median(rates["dense products"]),
+        "dense_products_train_gflops": median(dense_products) / 1e9,
+        "row_blocks_speedup": median_ratio(rates["genzoo"], rates["dense products"]),
+        "step_matmuls_gflops": median(bare) / 1e9,
+        "step_matmuls_ms": 1e3 * batch * dense_flops / median(bare),
+        "matmul_gflops_interleaved": median(matmul) / 1e9,
+        "fraction_of_matmul_peak": median_ratio(executed, matmul),
+        "dense_equivalent_fraction_of_matmul_peak": median_ratio(dense_equivalent, matmul),
+        "dense_products_fraction_of_matmul_peak": median_ratio(dense_products, matmul),
+        "step_matmuls_fraction_of_matmul_peak": median_ratio(bare, matmul),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved rounds of each comparison (and repeats of each sampling time)")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     device = resolve_device(args.device)
     torch.manual_seed(0)
     cpu_settings = tune_cpu_process() if device.type == "cpu" else {}  # as the Trainer does
 
-    # This host's matmul rate drifts by a third within minutes, so the peak is read at the start,
-    # next to MADE's step and at the end, and fractions of peak use the highest reading: a slow
-    # spell during one reading can make them look worse, never better.
     peak_readings = [matmul_gflops(device, repeats=args.repeats)]
     print(f"device: {device_description(device)}; float32 matmul (2048²): {peak_readings[0]:.1f} GFLOP/s")
     record = {"device": device_description(device), "threads": torch.get_num_threads(), "matmul_gflops": None,
               "glibc_keeps_freed_memory": cpu_settings.get("glibc_keeps_freed_memory", False),
-              "command": command_line(), "models": {}}
+              "timing": "interleaved rounds; rates are medians over rounds, ratios medians of per-round ratios",
+              "rounds": args.repeats, "command": command_line(), "models": {}}
     for name in ("fvsbn", "nade", "made"):
         hyper, batch = CONFIGS[name]
-        rate = train_throughput(name, device, args.repeats)
-        peer_rate = train_throughput(name, device, max(1, args.repeats // 2), steps=2, peer=True)
+        genzoo_steps = training_steps_call(name, device)
+        peer_steps = training_steps_call(name, device, steps=2, peer=True)
+        if name == "made":
+            made = made_comparison(device, hyper, batch, args.repeats, genzoo_steps, peer_steps)
+            rates = made.pop("rates")
+        else:
+            rates = interleaved_rates({"genzoo": genzoo_steps, "peer-style": peer_steps}, args.repeats)
+        rate, peer_rate = statistics.median(rates["genzoo"]), statistics.median(rates["peer-style"])
         fast = sampling_seconds(name, device, args.repeats, naive=False)
         naive = sampling_seconds(name, device, args.repeats, naive=True)
         entry = {
@@ -185,7 +252,7 @@ def main() -> None:
             "train_batch_size": batch,
             "train_examples_per_second": rate,
             "peer_style_train_examples_per_second": peer_rate,
-            "train_speedup_vs_peer_style": rate / peer_rate,
+            "train_speedup_vs_peer_style": median_ratio(rates["genzoo"], rates["peer-style"]),
             "sample16_seconds_fast": fast,
             "sample16_seconds_naive": naive,
             "fast_over_naive_sampling": naive / fast,
@@ -193,52 +260,32 @@ def main() -> None:
             "train_speedup_vs_peer_quoted": rate / PEER[name]["train_examples_per_second"],
             "sampling_speedup_vs_peer_quoted": PEER[name]["sample16_seconds"] / fast,
         }
-        line = (f"{name:6s} train {rate:8.0f} examples/s (batch {batch}; {rate / peer_rate:.1f}x the peer-style "
-                f"baseline's {peer_rate:.0f}; {entry['train_speedup_vs_peer_quoted']:.1f}x the peer's quoted rate) | "
-                f"16 samples: fast {fast:.3f} s, naive {naive:.2f} s ({naive / fast:.0f}x)")
+        line = (f"{name:6s} train {rate:8.0f} examples/s (batch {batch}; {entry['train_speedup_vs_peer_style']:.1f}x "
+                f"the peer-style baseline's {peer_rate:.0f}; {entry['train_speedup_vs_peer_quoted']:.1f}x the peer's "
+                f"quoted rate) | 16 samples: fast {fast:.3f} s, naive {naive:.2f} s ({naive / fast:.0f}x)")
         if name == "made":
-            dense_flops, executed_flops = made_train_flops_per_example(
-                genzoo.build_model(name, (1, 28, 28), **hyper).to(device))
-            dense_rate = train_throughput(name, device, args.repeats, overrides={"row_blocks": 0})
-            bare = made_step_matmuls_gflops(device, hyper["hidden_sizes"][0], batch, args.repeats)
-            peak_readings.append(matmul_gflops(device, repeats=args.repeats))
-            entry.update({
-                "train_flops_per_example_dense": dense_flops,
-                "train_flops_per_example_executed": executed_flops,
-                "train_gflops_executed": rate * executed_flops / 1e9,
-                "train_gflops_dense_equivalent": rate * dense_flops / 1e9,
-                "dense_products_train_examples_per_second": dense_rate,
-                "dense_products_train_gflops": dense_rate * dense_flops / 1e9,
-                "row_blocks_speedup": rate / dense_rate,
-                "step_matmuls_gflops": bare,
-            })
-            breakdown = train_step_breakdown_ms(name, device, args.repeats)
-            entry["step_breakdown_ms"] = breakdown
-            entry["step_matmuls_ms"] = 1e3 * batch * dense_flops / (bare * 1e9)
-            line += (f" | row blocks: {executed_flops / dense_flops:.0%} of the dense products, "
-                     f"{entry['train_gflops_executed']:.1f} GFLOP/s executed "
-                     f"({entry['train_gflops_dense_equivalent']:.1f} dense-equivalent); with dense products "
-                     f"{dense_rate:.0f} examples/s, {entry['dense_products_train_gflops']:.1f} GFLOP/s "
-                     f"(row blocks {entry['row_blocks_speedup']:.2f}x) | the five dense products alone, batch {batch}: "
-                     f"{bare:.1f} GFLOP/s | step: "
-                     + ", ".join(f"{part} {ms:.1f} ms" for part, ms in breakdown.items())
-                     + f"; the bare dense products {entry['step_matmuls_ms']:.1f} ms")
+            entry.update(made)
+            entry["step_breakdown_ms"] = train_step_breakdown_ms(name, device, args.repeats)
+            line += (f" | row blocks: {made['train_flops_per_example_executed'] / made['train_flops_per_example_dense']:.0%}"
+                     f" of the dense products, {made['train_gflops_executed']:.1f} GFLOP/s executed "
+                     f"({made['train_gflops_dense_equivalent']:.1f} dense-equivalent); with dense products "
+                     f"{made['dense_products_train_examples_per_second']:.0f} examples/s, "
+                     f"{made['dense_products_train_gflops']:.1f} GFLOP/s (row blocks {made['row_blocks_speedup']:.2f}x) | "
+                     f"the five dense products alone, batch {batch}: {made['step_matmuls_gflops']:.1f} GFLOP/s, "
+                     f"{made['step_matmuls_ms']:.1f} ms a step | step: "
+                     + ", ".join(f"{part} {ms:.1f} ms" for part, ms in entry["step_breakdown_ms"].items()))
         print(line)
         record["models"][name] = entry
     peak_readings.append(matmul_gflops(device, repeats=args.repeats))
-    record["matmul_gflops_readings"] = peak_readings
-    record["matmul_gflops"] = max(peak_readings)
     made = record["models"]["made"]
-    peak = record["matmul_gflops"]
-    made["fraction_of_matmul_peak"] = made["train_gflops_executed"] / peak
-    made["dense_equivalent_fraction_of_matmul_peak"] = made["train_gflops_dense_equivalent"] / peak
-    made["dense_products_fraction_of_matmul_peak"] = made["dense_products_train_gflops"] / peak
-    made["step_matmuls_fraction_of_matmul_peak"] = made["step_matmuls_gflops"] / peak
-    print(f"float32 matmul readings: {', '.join(f'{r:.1f}' for r in peak_readings)} GFLOP/s; against the highest, "
-          f"MADE's step executes {made['fraction_of_matmul_peak']:.0%} (dense-equivalent "
+    record["matmul_gflops_readings"] = [peak_readings[0], made["matmul_gflops_interleaved"], peak_readings[1]]
+    record["matmul_gflops"] = made["matmul_gflops_interleaved"]
+    print(f"float32 matmul: {peak_readings[0]:.1f} GFLOP/s at the start, {made['matmul_gflops_interleaved']:.1f} "
+          f"interleaved with MADE's step, {peak_readings[1]:.1f} at the end. Within each round, MADE's step executes "
+          f"{made['fraction_of_matmul_peak']:.0%} of the matmul rate (dense-equivalent "
           f"{made['dense_equivalent_fraction_of_matmul_peak']:.0%}); with dense products "
           f"{made['dense_products_fraction_of_matmul_peak']:.0%}; the bare dense products "
-          f"{made['step_matmuls_fraction_of_matmul_peak']:.0%}")
+          f"{made['step_matmuls_fraction_of_matmul_peak']:.0%} (medians over {args.repeats} rounds)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"speed-{device.type}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")

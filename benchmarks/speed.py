@@ -4,7 +4,7 @@ configurations, against this machine's own float32 matmul rate and against peer-
 
     python benchmarks/speed.py [--device auto] [--repeats 5]
 
-Writes benchmarks/results/speed-<device type>.json. The contenders compared with each other (a
+Writes benchmarks/results/speed-<device type>.json and .md (the README's table). The contenders compared with each other (a
 model against its peer-style baseline; MADE's step against its dense-product variant, its bare
 products and the 2048² matmul) are timed interleaved: each of --repeats rounds runs every
 contender once, a rate is the median over rounds, and a ratio is the median of the ratios taken
@@ -217,6 +217,23 @@ def made_comparison(device: torch.device, hyper: dict, batch: int, rounds: int,
     }
 
 
+LABELS = {"fvsbn": "FVSBN, batch 512", "nade": "NADE H=500, batch 512", "made": "MADE 784-8000-784, batch 64"}
+
+
+def markdown_table(record: dict) -> str:
+    """The README's table of one run: training rates, sampling times and their ratios."""
+    lines = ["| model (peer's config) | train examples/s | × peer-style baseline, same run | × peer's quoted rate | "
+             "16 samples, fast | 16 samples, naive | fast vs naive | × peer's quoted sampling |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, e in record["models"].items():
+        lines.append(
+            f"| {LABELS.get(name, name)} | {e['train_examples_per_second']:,.0f} | {e['train_speedup_vs_peer_style']:.1f}× "
+            f"({e['peer_style_train_examples_per_second']:,.0f}) | {e['train_speedup_vs_peer_quoted']:.1f}× | "
+            f"{e['sample16_seconds_fast']:.3g} s | {e['sample16_seconds_naive']:.2f} s | "
+            f"{e['fast_over_naive_sampling']:.0f}× | {e['sampling_speedup_vs_peer_quoted']:.0f}× |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
@@ -289,7 +306,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"speed-{device.type}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"written to {out}")
+    out.with_suffix(".md").write_text(markdown_table(record) + "\n")
+    print(f"written to {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,14 @@ def test_bad_arguments_are_refused():
         median_ratio([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="non-empty"):
         median_ratio([], [])
+
+
+def test_the_speed_table_shows_each_model_with_its_same_run_ratios():
+    from speed import markdown_table
+    entry = {"train_examples_per_second": 1140.4, "train_speedup_vs_peer_style": 1.82,
+             "peer_style_train_examples_per_second": 630.2, "train_speedup_vs_peer_quoted": 2.28,
+             "sample16_seconds_fast": 0.1634, "sample16_seconds_naive": 9.29, "fast_over_naive_sampling": 56.9,
+             "sampling_speedup_vs_peer_quoted": 73.4}
+    table = markdown_table({"models": {"made": entry}}).splitlines()
+    assert len(table) == 3
+    assert table[2] == "| MADE 784-8000-784, batch 64 | 1,140 | 1.8× (630) | 2.3× | 0.163 s | 9.29 s | 57× | 73× |"

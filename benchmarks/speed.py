@@ -4,11 +4,11 @@ configurations, against this machine's own float32 matmul rate and against peer-
 
     python benchmarks/speed.py [--device auto] [--repeats 5]
 
-Writes benchmarks/results/speed-<device type>.json and .md (the README's table). The contenders compared with each other (a
-model against its peer-style baseline; MADE's step against its dense-product variant, its bare
-products and the 2048² matmul) are timed interleaved: each of --repeats rounds runs every
-contender once, a rate is the median over rounds, and a ratio is the median of the ratios taken
-within each round, so that a slow spell of a shared host moves both sides of a ratio alike.
+Writes benchmarks/results/speed-<device type>.json and .md (the README's table). Whatever is
+compared (a model against its peer-style baseline; MADE's step against its dense-product
+variant, its bare products and the 2048² matmul) is timed interleaved: each of --repeats rounds
+runs every contender once, a rate is the median over rounds, and a ratio is the median of the
+ratios taken within each round, so that a slow spell of a shared host moves both sides alike.
 """
 from __future__ import annotations
 

@@ -113,11 +113,14 @@ def training_setup(name: str, device: torch.device, steps: int, peer: bool = Fal
     return model, optimizer, batch, x
 
 
-def trainer_input_checks(model: torch.nn.Module):
-    """As in the trainer, which checks an epoch's values once: steps skip genzoo's per-batch value
-    checks (a peer-style model has none)."""
-    checked = getattr(model, "input_values_checked_by_caller", None)
-    return checked() if checked else contextlib.nullcontext()
+def trainer_step_context(model: torch.nn.Module) -> contextlib.ExitStack:
+    """What the trainer's steps run under: no per-batch value checks (the trainer checks an epoch's
+    values once) and the model's thread plan (a peer-style model has neither)."""
+    stack = contextlib.ExitStack()
+    for name in ("input_values_checked_by_caller", "compute_threads"):
+        if hasattr(model, name):
+            stack.enter_context(getattr(model, name)())
+    return stack
 
 
 def training_steps_call(name: str, device: torch.device, steps: int = 8, peer: bool = False,
@@ -127,7 +130,7 @@ def training_steps_call(name: str, device: torch.device, steps: int = 8, peer: b
     model, optimizer, batch, x = training_setup(name, device, steps, peer, overrides)
 
     def run_steps():
-        with trainer_input_checks(model):
+        with trainer_step_context(model):
             for xb in x.split(batch):
                 loss = model.loss(xb)
                 optimizer.zero_grad(set_to_none=True)
@@ -149,22 +152,22 @@ def train_step_breakdown_ms(name: str, device: torch.device, repeats: int, steps
     the optimizer step — where the time goes beyond the matrix products."""
     model, optimizer, _, x = training_setup(name, device, steps=1)
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
-    for step in range(steps * max(1, repeats) + 2):
-        tic = time.perf_counter()
-        with trainer_input_checks(model):
+    with trainer_step_context(model):
+        for step in range(steps * max(1, repeats) + 2):
+            tic = time.perf_counter()
             loss = model.loss(x)
-        _sync(device)
-        forward_done = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        _sync(device)
-        backward_done = time.perf_counter()
-        optimizer.step()
-        _sync(device)
-        if step >= 2:  # the first steps allocate the optimizer's state
-            parts["forward"].append(forward_done - tic)
-            parts["backward"].append(backward_done - forward_done)
-            parts["optimizer"].append(time.perf_counter() - backward_done)
+            _sync(device)
+            forward_done = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            _sync(device)
+            backward_done = time.perf_counter()
+            optimizer.step()
+            _sync(device)
+            if step >= 2:  # the first steps allocate the optimizer's state
+                parts["forward"].append(forward_done - tic)
+                parts["backward"].append(backward_done - forward_done)
+                parts["optimizer"].append(time.perf_counter() - backward_done)
     return {part: 1e3 * statistics.median(seconds) for part, seconds in parts.items()}
 
 

@@ -238,3 +238,66 @@ def test_kernel_loader_builds_into_its_cache_once(monkeypatch, tmp_path):
     stamp = built[0].stat().st_mtime_ns
     assert kernels.load.__wrapped__("nade") is not None
     assert [p.stat().st_mtime_ns for p in tmp_path.iterdir()] == [stamp]
+
+
+# -- threads ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_torch_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_threads_for_kernels_gives_pytorch_one_thread_and_the_kernels_the_rest(two_torch_threads):
+    assert kernels.kernel_threads() == 2
+    with kernels.threads_for_kernels():
+        assert (torch.get_num_threads(), kernels.kernel_threads()) == (1, 2)
+        with kernels.threads_for_kernels():  # nested: the outer plan holds
+            assert (torch.get_num_threads(), kernels.kernel_threads()) == (1, 2)
+        assert (torch.get_num_threads(), kernels.kernel_threads()) == (1, 2)
+    assert (torch.get_num_threads(), kernels.kernel_threads()) == (2, 2)
+    with pytest.raises(RuntimeError, match="boom"):
+        with kernels.threads_for_kernels():
+            raise RuntimeError("boom")
+    assert (torch.get_num_threads(), kernels.kernel_threads()) == (2, 2)
+
+
+def _record_nade_kernel_threads(monkeypatch) -> list[tuple[int, int]]:
+    """(kernel threads, PyTorch threads) at each split of a NADE kernel call's work."""
+    import genzoo.kernels.nade as nade_kernels
+
+    seen, slices = [], nade_kernels._slices
+
+    def recording(n):
+        seen.append((kernels.kernel_threads(), torch.get_num_threads()))
+        return slices(n)
+
+    monkeypatch.setattr(nade_kernels, "_slices", recording)
+    return seen
+
+
+@needs_nade_kernel
+def test_nade_trains_and_evaluates_on_the_kernel_threads(two_torch_threads, monkeypatch, tmp_path):
+    from conftest import tiny_run_config
+    from genzoo.training import Trainer
+
+    seen = _record_nade_kernel_threads(monkeypatch)
+    Trainer(tiny_run_config("nade", epochs=1, model_hp={"hidden_size": 8}), tmp_path / "run", progress=False).fit()
+    assert seen and set(seen) == {(2, 1)}  # every training and validation call: two kernel threads, PyTorch on one
+    assert torch.get_num_threads() == 2  # restored after the run
+
+
+@needs_nade_kernel
+def test_nade_thread_plan_keeps_results_and_leaves_other_backends_alone(two_torch_threads):
+    model = randomize(genzoo.build_model("nade", (12,), hidden_size=7), seed=3)
+    x = (torch.rand(40, 12, generator=torch.Generator().manual_seed(0)) < 0.4).float()
+    outside = model.log_prob(x)
+    with model.compute_threads():
+        assert torch.get_num_threads() == 1
+        torch.testing.assert_close(model.log_prob(x), outside, rtol=0, atol=0)  # the same slices
+    reference = genzoo.build_model("nade", (12,), hidden_size=7, backend="torch")
+    with reference.compute_threads():
+        assert torch.get_num_threads() == 2  # PyTorch does its work: nothing to hand over

@@ -51,16 +51,22 @@ def mean_log_prob(model: GenerativeModel, x: torch.Tensor, batch_size: int = 100
     was_training = model.training
     model.eval()
     try:
-        if labels is not None:
-            pairs = zip(x.split(batch_size), labels.split(batch_size))
-            out = [model.log_prob(batch.to(model.device), y=y.to(model.device)).cpu()
-                   for batch, y in tqdm(pairs, desc=desc, disable=not progress, leave=False,
-                                        total=math.ceil(len(x) / batch_size))]
-            return torch.cat(out)
-        out = [score(batch.to(model.device)).cpu()
-               for batch in tqdm(x.split(batch_size), desc=desc, disable=not progress, leave=False)]
+        with model.compute_threads():
+            return _scores(model, x, batch_size, progress, desc, score, labels)
     finally:
         model.train(was_training)
+
+
+def _scores(model: GenerativeModel, x: torch.Tensor, batch_size: int, progress: bool, desc: str,
+            score: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
+    if labels is not None:
+        pairs = zip(x.split(batch_size), labels.split(batch_size))
+        out = [model.log_prob(batch.to(model.device), y=y.to(model.device)).cpu()
+               for batch, y in tqdm(pairs, desc=desc, disable=not progress, leave=False,
+                                    total=math.ceil(len(x) / batch_size))]
+        return torch.cat(out)
+    out = [score(batch.to(model.device)).cpu()
+           for batch in tqdm(x.split(batch_size), desc=desc, disable=not progress, leave=False)]
     return torch.cat(out)
 
 

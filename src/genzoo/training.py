@@ -354,7 +354,7 @@ class Trainer:
         count = 0
         batches = order.split(cfg.batch_size)
         with (tqdm(batches, desc=f"epoch {epoch}", disable=self._progress_disabled(), leave=False) as bar,
-              model.input_values_checked_by_caller()):
+              model.input_values_checked_by_caller(), model.compute_threads()):
             for step, index in enumerate(bar, 1):
                 x = train_x[index]
                 # a class-conditional model learns p(x | y) from the data set's labels

@@ -12,7 +12,7 @@ import ctypes
 
 import torch
 
-from genzoo.kernels import load, pointer, thread_pool
+from genzoo.kernels import kernel_threads, load, pointer, thread_pool
 
 __all__ = ["nade_kernel_available", "NADELogitsKernel", "nade_sample_kernel"]
 
@@ -43,7 +43,7 @@ def nade_kernel_available(*tensors: torch.Tensor) -> bool:
 
 def _slices(n: int) -> list[tuple[int, int]]:
     """[0, n) cut into up to one contiguous range per thread."""
-    parts = max(1, min(torch.get_num_threads(), n))
+    parts = max(1, min(kernel_threads(), n))
     bounds = [round(i * n / parts) for i in range(parts + 1)]
     return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
 

@@ -62,6 +62,12 @@ class GenerativeModel(nn.Module):
         finally:
             self._checks_input_values = previous
 
+    def compute_threads(self) -> contextlib.AbstractContextManager:
+        """The thread plan under which the trainer and the evaluator run this model's steps. By
+        default nothing changes (PyTorch's own threads do the work); a model whose CPU work runs in
+        genzoo's C kernels returns ``genzoo.kernels.threads_for_kernels()``."""
+        return contextlib.nullcontext()
+
     def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
         """Check ``x`` and return it as (B, D): image-shaped or flat input both accepted."""
         if not isinstance(x, torch.Tensor):

@@ -22,12 +22,14 @@ Estimation" (JMLR 2016).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from genzoo.config import require
+from genzoo.kernels import threads_for_kernels
 from genzoo.kernels.nade import NADELogitsKernel, nade_kernel_available, nade_sample_kernel
 from genzoo.models.autoregressive.base import BernoulliAutoregressive
 from genzoo.models.base import register_model
@@ -116,6 +118,10 @@ class NADE(BernoulliAutoregressive):
         if self._use_kernel(x, self.W):
             return NADELogitsKernel.apply(x, self.W, self.c, self.V, self.b)
         return _NADELogits.apply(x, self.W, self.c, self.V, self.b, self.config.chunk_size)
+
+    def compute_threads(self) -> contextlib.AbstractContextManager:
+        """On the kernel path, the kernel's threads do the work and PyTorch's ops run on one thread."""
+        return threads_for_kernels() if self._use_kernel(self.W) else contextlib.nullcontext()
 
     def _use_kernel(self, *tensors: torch.Tensor) -> bool:
         if self.config.backend == "torch":

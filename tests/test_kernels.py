@@ -8,7 +8,7 @@ import torch
 import genzoo
 import genzoo.kernels as kernels
 from conftest import all_binary, chisquare_p_value, randomize
-from genzoo.kernels.nade import NADELogitsKernel, nade_kernel_available, nade_sample_kernel
+from genzoo.kernels.nade import NADELogitsKernel, NADEMeanNLLKernel, nade_kernel_available, nade_sample_kernel
 from genzoo.models.autoregressive.nade import _NADELogits
 
 needs_nade_kernel = pytest.mark.skipif(
@@ -90,6 +90,53 @@ def test_nade_kernel_gradients_match_float64_on_every_input_kind(kind, B, D, H, 
             torch.testing.assert_close(o, e.float(), rtol=1e-4, atol=1e-4, msg=f"gradient of {name}")
     finally:
         torch.set_num_threads(previous)
+
+
+@needs_nade_kernel
+@pytest.mark.parametrize("kind", ["sparse", "dense", "ones", "zeros", "real"])
+@pytest.mark.parametrize("B, D, H, threads", [(1, 3, 1, 1), (8, 11, 7, 1), (9, 30, 16, 1), (23, 29, 13, 1),
+                                              (37, 40, 33, 2), (40, 17, 20, 3), (19, 1, 5, 2)])
+def test_nade_training_walk_matches_float64_loss_and_gradients(kind, B, D, H, threads):
+    """The one-walk training pass (gradients from prefix sums, no backward walk) gives the mean
+    -log p(x) and the gradients of W, c, V and b of a float64 reference, on every input kind."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = _nade_input(kind, B, D, seed=B * D + H)
+        params = _nade_parameters(D, H, seed=H)
+        loss = NADEMeanNLLKernel.apply(x, *params)
+        got = torch.autograd.grad(2.5 * loss, params)  # backward scales the walk's gradients
+        params64 = [p.detach().double().requires_grad_() for p in params]
+        logits64 = _NADELogits.apply(x.double(), *params64, 4)
+        reference = torch.nn.functional.binary_cross_entropy_with_logits(logits64, x.double(), reduction="sum") / B
+        expected = torch.autograd.grad(2.5 * reference, params64)
+        torch.testing.assert_close(loss.double(), reference.detach(), rtol=1e-5, atol=1e-5)
+        for name, e, o in zip(["W", "c", "V", "b"], expected, got):
+            assert o.dtype == torch.float32 and o.shape == e.shape, name
+            torch.testing.assert_close(o, e.float(), rtol=1e-4, atol=1e-4, msg=f"gradient of {name}")
+    finally:
+        torch.set_num_threads(previous)
+
+
+@needs_nade_kernel
+def test_nade_loss_takes_the_training_walk_only_when_gradients_follow(monkeypatch):
+    import genzoo.models.autoregressive.nade as nade_module
+
+    walks, walk = [], NADEMeanNLLKernel.apply
+    monkeypatch.setattr(nade_module.NADEMeanNLLKernel, "apply", lambda *args: walks.append(1) or walk(*args))
+    model = randomize(genzoo.build_model("nade", (10,), hidden_size=6), seed=1, std=0.5)
+    x = (torch.rand(30, 10, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    reference = -model.log_prob(x).mean()
+    torch.testing.assert_close(model.loss(x), reference, rtol=1e-6, atol=1e-5)
+    assert walks == [1]
+    with torch.no_grad():
+        model.loss(x)  # no gradients: the logits kernel
+    model.loss(x.clone().requires_grad_())  # x needs a gradient: the logits kernel and its dx path
+    torch_backend = genzoo.build_model("nade", (10,), hidden_size=6, backend="torch")
+    torch_backend.loss(x)
+    assert walks == [1]
+    with pytest.raises(ValueError, match="shape"):
+        model.loss(x[:, :9])  # the input is still checked
 
 
 @needs_nade_kernel

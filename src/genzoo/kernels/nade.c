@@ -168,11 +168,11 @@ static inline int any_change(const float *x, int J, int64_t D, int64_t d) {
 }
 
 /* logit_{d+r} for r < R (1 or 2) of the block's J examples, all from its current s. Reading s
- * once for two rows halves the loads per multiply-add. s[(k * J + j) * LANES + l] is s_j at
- * hidden unit k * LANES + l. */
+ * once for two rows halves the loads per multiply-add. s[k * stride + j * LANES + l] is s_j at
+ * hidden unit k * LANES + l (stride J * LANES for s alone, 2 * J * LANES for s beside acc). */
 INLINE void block_logits(const float *V, const float *b, const float *s, float *logits, int J, int R,
-                         int64_t d, int64_t D, int64_t H) {
-  const int64_t chunks = H / LANES, stride = J * LANES;
+                         int64_t d, int64_t D, int64_t H, int64_t stride) {
+  const int64_t chunks = H / LANES;
   vec dot[2][BLOCK] = {{{0.0f}}};
   for (int64_t k = 0; k < chunks; ++k) {
     const float *sk = s + k * stride;
@@ -220,10 +220,10 @@ INLINE void forward_block(const float *x, const float *Wt, const float *c, const
     /* where no example changes a at d, logit_{d+1} sees the same s as logit_d */
     int64_t last = d;
     if (d + 1 < D && !any_change(x, J, D, d)) {
-      block_logits(V, b, s, logits, J, 2, d, D, H);
+      block_logits(V, b, s, logits, J, 2, d, D, H, J * LANES);
       last = d + 1;
     } else {
-      block_logits(V, b, s, logits, J, 1, d, D, H);
+      block_logits(V, b, s, logits, J, 1, d, D, H, J * LANES);
     }
     d = last + 1;
     for (int j = 0; j < J; ++j) {
@@ -239,7 +239,7 @@ INLINE void sample_block(const float *u, const float *Wt, const float *c, const 
                          const float *b, float *x, float *a, float *s, int J, int64_t D, int64_t H) {
   start_walk(c, a, s, J, H);
   for (int64_t d = 0; d < D; ++d) {
-    block_logits(V, b, s, x, J, 1, d, D, H); /* the logit goes where its draw will */
+    block_logits(V, b, s, x, J, 1, d, D, H, J * LANES); /* the logit goes where its draw will */
     for (int j = 0; j < J; ++j) {
       const float logit = x[j * D + d];
       /* libm's expf, not fast_exp: the draw should match the reference's sigmoid to the last bit
@@ -420,4 +420,98 @@ void nade_backward(const float *g, const float *x, const float *Wt, const float 
     backward_block(g + i * D, x + i * D, Wt, V, a_final + i * H, dWt, dV, dc, scratch, BLOCK, D, H);
   for (; i < B; ++i)
     backward_block(g + i * D, x + i * D, Wt, V, a_final + i * H, dWt, dV, dc, scratch, 1, D, H);
+}
+
+/* Training for J consecutive examples in one walk up d: logits, g = scale (sigmoid(logit) - x)
+ * (the gradient of scale * sum_d BCE(logit_d, x_d)) and the parameter gradients, with no
+ * backward walk. dL/da_d reaches W_{:,j} through every a_d with d > j, so
+ * dW_{:,j} = x_j (T - P_j), where P_j is the sum of the dL/da_d for d <= j and T the sum over
+ * all d: each x_j != 0 subtracts x_j P_j from its row when the walk passes j, and adds x_j T at
+ * the end. dL/da_d = (g_d V_d) s_d (1 - s_d) is summed by segments, as in backward_block: acc
+ * collects g_d V_d while s stays the same, and is folded into P where s changes. Compared with
+ * forward then backward, each x_d != 0 costs one sigmoid instead of two. */
+INLINE void train_block(const float *x, const float *Wt, const float *c, const float *V,
+                        const float *b, float *logits, float *g, float *dWt, float *dV, float *dc,
+                        float *scratch, float scale, int J, int64_t D, int64_t H) {
+  const int64_t chunks = H / LANES, stride = 2 * J * LANES;
+  float *sa = scratch, *prefix = scratch + 2 * BLOCK * H, *a = scratch + 3 * BLOCK * H;
+  for (int j = 0; j < J; ++j) {
+    memcpy(a + j * H, c, H * sizeof(float));
+    memset(prefix + j * H, 0, H * sizeof(float));
+    for (int64_t k = 0; k < chunks; ++k)
+#pragma omp simd
+      for (int l = 0; l < LANES; ++l) {
+        sa[k * stride + j * LANES + l] = sigmoid(c[k * LANES + l]);
+        sa[k * stride + (J + j) * LANES + l] = 0.0f;
+      }
+  }
+  for (int64_t d = 0; d < D;) {
+    /* where no example changes a at d, row d + 1 sees the same s as row d */
+    const int R = d + 1 < D && !any_change(x, J, D, d) ? 2 : 1;
+    block_logits(V, b, sa, logits, J, R, d, D, H, stride);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < J; ++j) {
+        const int64_t e = j * D + d + r;
+        g[e] = scale * (sigmoid(logits[e]) - x[e]);
+      }
+    const int64_t last = d + R - 1;
+    block_accumulate(g, V, dV, sa, J, R, last, D, H);
+    const float *w = Wt + last * H;
+    float *dw = dWt + last * H;
+    for (int j = 0; j < J; ++j) {
+      const float xd = x[j * D + last];
+      if (xd == 0.0f) continue;
+      /* a changes after row `last`: fold its segment into P, then step a (and s) up */
+      float *aj = a + j * H, *pj = prefix + j * H;
+      float *sj = sa + j * LANES, *accj = sa + (J + j) * LANES;
+      for (int64_t k = 0; k < chunks; ++k)
+#pragma omp simd
+        for (int l = 0; l < LANES; ++l) {
+          const int64_t h = k * LANES + l, e = k * stride + l;
+          const float ph = pj[h] + sj[e] * (1.0f - sj[e]) * accj[e];
+          pj[h] = ph;
+          dw[h] -= xd * ph;
+          accj[e] = 0.0f;
+          aj[h] += xd * w[h];
+          sj[e] = sigmoid(aj[h]);
+        }
+    }
+    d = last + 1;
+  }
+  for (int j = 0; j < J; ++j) {
+    float *pj = prefix + j * H;
+    const float *sj = sa + j * LANES, *accj = sa + (J + j) * LANES;
+    for (int64_t k = 0; k < chunks; ++k)
+#pragma omp simd
+      for (int l = 0; l < LANES; ++l) {
+        const int64_t h = k * LANES + l, e = k * stride + l;
+        pj[h] += sj[e] * (1.0f - sj[e]) * accj[e]; /* now T */
+        dc[h] += pj[h];
+      }
+    for (int64_t d = 0; d < D; ++d) {
+      const float xd = x[j * D + d];
+      if (xd == 0.0f) continue;
+      float *dw = dWt + d * H;
+#pragma omp simd
+      for (int64_t h = 0; h < H; ++h) dw[h] += xd * pj[h];
+    }
+  }
+}
+
+/* One walk per example for training: logits (B x D), g (B x D) = scale (sigmoid(logits) - x),
+ * and this slice's dWt, dV (D x H) and dc (H) of scale * sum BCE(logits, x); see train_block.
+ * scratch holds nade_scratch_floats(H) floats. */
+void nade_train(const float *x, const float *Wt, const float *c, const float *V, const float *b,
+                float *logits, float *g, float *dWt, float *dV, float *dc, float *scratch, float scale,
+                int64_t B, int64_t D, int64_t H) {
+  memset(dWt, 0, D * H * sizeof(float));
+  memset(dV, 0, D * H * sizeof(float));
+  memset(dc, 0, H * sizeof(float));
+  int64_t i = 0;
+  for (; i + BLOCK <= B; i += BLOCK)
+    train_block(x + i * D, Wt, c, V, b, logits + i * D, g + i * D, dWt, dV, dc, scratch, scale, BLOCK,
+                D, H);
+  for (; i < B; ++i)
+    train_block(x + i * D, Wt, c, V, b, logits + i * D, g + i * D, dWt, dV, dc, scratch, scale, 1, D,
+                H);
 }

@@ -14,7 +14,7 @@ import torch
 
 from genzoo.kernels import kernel_threads, load, pointer, thread_pool
 
-__all__ = ["nade_kernel_available", "NADELogitsKernel", "nade_sample_kernel"]
+__all__ = ["nade_kernel_available", "NADELogitsKernel", "NADEMeanNLLKernel", "nade_sample_kernel"]
 
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
@@ -25,10 +25,12 @@ def _library() -> ctypes.CDLL | None:
     if lib is not None and not getattr(lib, "_genzoo_typed", False):
         lib.nade_forward.argtypes = [_ptr] * 8 + [_i64] * 3
         lib.nade_backward.argtypes = [_ptr] * 10 + [_i64] * 3
+        lib.nade_train.argtypes = [_ptr] * 11 + [ctypes.c_float] + [_i64] * 3
         lib.nade_sample.argtypes = [_ptr] * 7 + [_i64] * 3
         lib.nade_prepare.argtypes = [_ptr] * 4 + [_i64] * 5
         lib.nade_finish.argtypes = [_ptr] * 2 + [_i64, _ptr, _i64] + [_ptr] * 3 + [_i64] * 5
-        for f in (lib.nade_forward, lib.nade_backward, lib.nade_sample, lib.nade_prepare, lib.nade_finish):
+        for f in (lib.nade_forward, lib.nade_backward, lib.nade_train, lib.nade_sample, lib.nade_prepare,
+                  lib.nade_finish):
             f.restype = None
         lib.nade_scratch_floats.argtypes, lib.nade_scratch_floats.restype = [_i64], _i64
         lib.nade_lanes.argtypes, lib.nade_lanes.restype = [], _i64
@@ -132,8 +134,47 @@ class NADELogitsKernel(torch.autograd.Function):
             pointer(dWt[k]), pointer(dV_parts[k]), pointer(dc[k]),
             pointer(dx[lo:hi] if dx is not None else None), pointer(scratch[k]), hi - lo, D, Hp)
             for k, (lo, hi) in enumerate(slices)])
-        dW, dV, db = torch.empty(H, D), torch.empty(D, H), torch.empty(D)
-        _run([lambda lo=lo, hi=hi: lib.nade_finish(
-            pointer(dWt), pointer(dV_parts), K, pointer(g), B, pointer(dW), pointer(dV), pointer(db),
-            D, H, Hp, lo, hi) for lo, hi in _slices(D)])
+        dW, dV, db = _gradients(lib, dWt, dV_parts, g, H)
         return dx, dW, dc.sum(0)[:H], dV, db
+
+
+def _gradients(lib: ctypes.CDLL, dWt: torch.Tensor, dV_parts: torch.Tensor, g: torch.Tensor, H: int):
+    """(dW, dV, db) from the threads' partial sums dWt, dV_parts (K × D × Hp) and g = dL/dlogits."""
+    K, D, Hp = dWt.shape
+    dW, dV, db = torch.empty(H, D), torch.empty(D, H), torch.empty(D)
+    _run([lambda lo=lo, hi=hi: lib.nade_finish(
+        pointer(dWt), pointer(dV_parts), K, pointer(g), len(g), pointer(dW), pointer(dV), pointer(db),
+        D, H, Hp, lo, hi) for lo, hi in _slices(D)])
+    return dW, dV, db
+
+
+class NADEMeanNLLKernel(torch.autograd.Function):
+    """(x, W, c, V, b) -> the batch's mean of -log p(x), with the gradients of W, c, V and b worked
+    out in the same walk (``nade_train``: one walk up d, no backward walk); backward only scales
+    them. For training, where a backward always follows; x gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, W, c, V, b):
+        lib = _library()
+        x, W, c, V, b = (t.detach().contiguous() for t in (x, W, c, V, b))
+        (B, D), H = x.shape, c.shape[0]
+        Wt, cp, Vp = _padded_parameters(lib, W, c, V)
+        Hp = cp.shape[0]
+        logits, g = torch.empty(B, D), torch.empty(B, D)
+        slices = _slices(B)
+        K = len(slices)
+        dWt, dV_parts, dc = torch.empty(K, D, Hp), torch.empty(K, D, Hp), torch.empty(K, Hp)
+        scratch = torch.empty(K, lib.nade_scratch_floats(Hp))
+        scale = ctypes.c_float(1.0 / B)  # the mean over the batch
+        _run([lambda k=k, lo=lo, hi=hi: lib.nade_train(
+            pointer(x[lo:hi]), pointer(Wt), pointer(cp), pointer(Vp), pointer(b), pointer(logits[lo:hi]),
+            pointer(g[lo:hi]), pointer(dWt[k]), pointer(dV_parts[k]), pointer(dc[k]), pointer(scratch[k]),
+            scale, hi - lo, D, Hp) for k, (lo, hi) in enumerate(slices)])
+        dW, dV, db = _gradients(lib, dWt, dV_parts, g, H)
+        ctx.save_for_backward(dW, dc.sum(0)[:H], dV, db)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum") / B
+
+    @staticmethod
+    def backward(ctx, grad):
+        dW, dc, dV, db = ctx.saved_tensors
+        return None, grad * dW, grad * dc, grad * dV, grad * db

@@ -30,7 +30,7 @@ from torch import nn
 
 from genzoo.config import require
 from genzoo.kernels import threads_for_kernels
-from genzoo.kernels.nade import NADELogitsKernel, nade_kernel_available, nade_sample_kernel
+from genzoo.kernels.nade import NADELogitsKernel, NADEMeanNLLKernel, nade_kernel_available, nade_sample_kernel
 from genzoo.models.autoregressive.base import BernoulliAutoregressive
 from genzoo.models.base import register_model
 
@@ -118,6 +118,15 @@ class NADE(BernoulliAutoregressive):
         if self._use_kernel(x, self.W):
             return NADELogitsKernel.apply(x, self.W, self.c, self.V, self.b)
         return _NADELogits.apply(x, self.W, self.c, self.V, self.b, self.config.chunk_size)
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean of -log p(x). On the kernel path, when gradients will be taken, the kernel's
+        training walk computes it and the parameters' gradients in one walk up d."""
+        x = self.flatten_input(x)
+        if (torch.is_grad_enabled() and self.W.requires_grad and not x.requires_grad
+                and self._use_kernel(x, self.W)):
+            return NADEMeanNLLKernel.apply(x, self.W, self.c, self.V, self.b)
+        return -self._log_prob(x).mean()
 
     def compute_threads(self) -> contextlib.AbstractContextManager:
         """On the kernel path, the kernel's threads do the work and PyTorch's ops run on one thread."""

@@ -230,8 +230,8 @@ def markdown_table(record: dict) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, e in record["models"].items():
         lines.append(
-            f"| {LABELS.get(name, name)} | {e['train_examples_per_second']:,.0f} | {e['train_speedup_vs_peer_style']:.1f}× "
-            f"({e['peer_style_train_examples_per_second']:,.0f}) | {e['train_speedup_vs_peer_quoted']:.1f}× | "
+            f"| {LABELS.get(name, name)} | {e['train_examples_per_second']:,.0f} | {e['train_speedup_vs_peer_style']:.3g}× "
+            f"({e['peer_style_train_examples_per_second']:,.0f}) | {e['train_speedup_vs_peer_quoted']:.3g}× | "
             f"{e['sample16_seconds_fast']:.3g} s | {e['sample16_seconds_naive']:.2f} s | "
             f"{e['fast_over_naive_sampling']:.0f}× | {e['sampling_speedup_vs_peer_quoted']:.0f}× |")
     return "\n".join(lines)

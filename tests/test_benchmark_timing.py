@@ -59,4 +59,7 @@ def test_the_speed_table_shows_each_model_with_its_same_run_ratios():
              "sampling_speedup_vs_peer_quoted": 73.4}
     table = markdown_table({"models": {"made": entry}}).splitlines()
     assert len(table) == 3
-    assert table[2] == "| MADE 784-8000-784, batch 64 | 1,140 | 1.8× (630) | 2.3× | 0.163 s | 9.29 s | 57× | 73× |"
+    # three significant figures: a ratio just under a 2x target must not print as "2.0x"
+    assert table[2] == "| MADE 784-8000-784, batch 64 | 1,140 | 1.82× (630) | 2.28× | 0.163 s | 9.29 s | 57× | 73× |"
+    entry["train_speedup_vs_peer_quoted"] = 1.986
+    assert "| 1.99× |" in markdown_table({"models": {"made": entry}})

@@ -14,7 +14,10 @@ the CPU, which walks d for a block of examples at once with a_d in L1 cache, rec
 only where x_d ≠ 0 (a changes nowhere else), and never materializes the (B, D, H) activations
 (``benchmarks/speed.py`` measures it against a per-dimension loop). Sampling on that path is the
 kernel's walk too, each x_d drawn as soon as its logit is known; the PyTorch loop in
-``sample_from_uniforms`` is the reference elsewhere.
+``sample_from_uniforms`` is the reference elsewhere. Training on that path (``loss`` when
+gradients follow) is one walk as well: with g_d = σ(logit_d) − x_d known at each d, the
+gradient of W's column j is x_j Σ_{d>j} ∂L/∂a_d = x_j (T − P_j), the total of the ∂L/∂a_d
+minus their running sum up to j, so no walk back down d is needed.
 
 References: Larochelle & Murray, "The Neural Autoregressive Distribution Estimator"
 (AISTATS 2011); Uria, Côté, Gregor, Murray & Larochelle, "Neural Autoregressive Distribution

@@ -302,16 +302,13 @@ INLINE void block_accumulate(const float *g, const float *V, float *dV, float *s
   }
 }
 
-/* Backward for J consecutive examples without dx, by segments (see the header); a (the walk,
- * from a copy of a_final) and later are J x H. */
-INLINE void backward_block(const float *g, const float *x, const float *Wt, const float *V,
-                           const float *a_final, float *dWt, float *dV, float *dc, float *scratch,
-                           int J, int64_t D, int64_t H) {
+/* The segment walk's start for J examples whose a (J x H) is set: s = sigmoid(a) and acc = 0 in
+ * sa (chunk by chunk, s_0..s_{J-1} then acc_0..acc_{J-1}), and the running sum of dL/da (J x H)
+ * at 0. */
+INLINE void start_segments(const float *a, float *sum, float *sa, int J, int64_t H) {
   const int64_t chunks = H / LANES, stride = 2 * J * LANES;
-  float *sa = scratch, *later = scratch + 2 * BLOCK * H;
-  float *a = memcpy(scratch + 3 * BLOCK * H, a_final, J * H * sizeof(float));
   for (int j = 0; j < J; ++j) {
-    memset(later + j * H, 0, H * sizeof(float));
+    memset(sum + j * H, 0, H * sizeof(float));
     for (int64_t k = 0; k < chunks; ++k)
 #pragma omp simd
       for (int l = 0; l < LANES; ++l) {
@@ -319,26 +316,57 @@ INLINE void backward_block(const float *g, const float *x, const float *Wt, cons
         sa[k * stride + (J + j) * LANES + l] = 0.0f;
       }
   }
+}
+
+/* Example j's a changes by step * w, so its segment ends: fold it into the running sum
+ * (sum += s (1 - s) acc, acc = 0), subtract step * sum from dw, and step a and s. */
+INLINE void close_segment_and_step(float *aj, float *sumj, float *sj, float *accj, float *dw,
+                                   const float *w, float step, int J, int64_t H) {
+  const int64_t chunks = H / LANES, stride = 2 * J * LANES;
+  for (int64_t k = 0; k < chunks; ++k)
+#pragma omp simd
+    for (int l = 0; l < LANES; ++l) {
+      const int64_t h = k * LANES + l, e = k * stride + l;
+      const float total = sumj[h] + sj[e] * (1.0f - sj[e]) * accj[e];
+      sumj[h] = total;
+      dw[h] -= step * total;
+      accj[e] = 0.0f;
+      aj[h] += step * w[h];
+      sj[e] = sigmoid(aj[h]);
+    }
+}
+
+/* The walk's end: every example's last segment folded into its running sum, which is added to dc. */
+INLINE void close_last_segments(float *sum, const float *sa, float *dc, int J, int64_t H) {
+  const int64_t chunks = H / LANES, stride = 2 * J * LANES;
+  for (int j = 0; j < J; ++j) {
+    float *sumj = sum + j * H;
+    const float *sj = sa + j * LANES, *accj = sa + (J + j) * LANES;
+    for (int64_t k = 0; k < chunks; ++k)
+#pragma omp simd
+      for (int l = 0; l < LANES; ++l) {
+        const int64_t h = k * LANES + l, e = k * stride + l;
+        sumj[h] += sj[e] * (1.0f - sj[e]) * accj[e];
+        dc[h] += sumj[h];
+      }
+  }
+}
+
+/* Backward for J consecutive examples without dx, by segments (see the header); a (the walk,
+ * from a copy of a_final) and later are J x H. */
+INLINE void backward_block(const float *g, const float *x, const float *Wt, const float *V,
+                           const float *a_final, float *dWt, float *dV, float *dc, float *scratch,
+                           int J, int64_t D, int64_t H) {
+  float *sa = scratch, *later = scratch + 2 * BLOCK * H;
+  float *a = memcpy(scratch + 3 * BLOCK * H, a_final, J * H * sizeof(float));
+  start_segments(a, later, sa, J, H);
   for (int64_t d = D - 1; d >= 0;) {
-    const float *w = Wt + d * H;
-    float *dw = dWt + d * H;
     for (int j = 0; j < J; ++j) {
       const float xd = x[j * D + d];
-      if (xd == 0.0f) continue;
       /* a_d != a_{d+1}: close the segment above d, then step a (and s) down to a_d */
-      float *aj = a + j * H, *laterj = later + j * H;
-      float *sj = sa + j * LANES, *accj = sa + (J + j) * LANES;
-      for (int64_t k = 0; k < chunks; ++k)
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) {
-          const int64_t h = k * LANES + l, e = k * stride + l;
-          const float lh = laterj[h] + sj[e] * (1.0f - sj[e]) * accj[e];
-          laterj[h] = lh;
-          dw[h] += xd * lh;
-          accj[e] = 0.0f;
-          aj[h] -= xd * w[h];
-          sj[e] = sigmoid(aj[h]);
-        }
+      if (xd != 0.0f)
+        close_segment_and_step(a + j * H, later + j * H, sa + j * LANES, sa + (J + j) * LANES,
+                               dWt + d * H, Wt + d * H, -xd, J, H);
     }
     /* where no example changes a at d - 1, row d - 1 sees the same s as row d */
     if (d >= 1 && !any_change(x, J, D, d - 1)) {
@@ -349,15 +377,7 @@ INLINE void backward_block(const float *g, const float *x, const float *Wt, cons
       d -= 1;
     }
   }
-  for (int j = 0; j < J; ++j) {
-    const float *laterj = later + j * H, *sj = sa + j * LANES, *accj = sa + (J + j) * LANES;
-    for (int64_t k = 0; k < chunks; ++k)
-#pragma omp simd
-      for (int l = 0; l < LANES; ++l) {
-        const int64_t h = k * LANES + l, e = k * stride + l;
-        dc[h] += laterj[h] + sj[e] * (1.0f - sj[e]) * accj[e];
-      }
-  }
+  close_last_segments(later, sa, dc, J, H);
 }
 
 /* Backward for one example with dx: later = dL/da_{d+1} is kept exact at every d. */
@@ -433,22 +453,13 @@ void nade_backward(const float *g, const float *x, const float *Wt, const float 
 INLINE void train_block(const float *x, const float *Wt, const float *c, const float *V,
                         const float *b, float *logits, float *g, float *dWt, float *dV, float *dc,
                         float *scratch, float scale, int J, int64_t D, int64_t H) {
-  const int64_t chunks = H / LANES, stride = 2 * J * LANES;
   float *sa = scratch, *prefix = scratch + 2 * BLOCK * H, *a = scratch + 3 * BLOCK * H;
-  for (int j = 0; j < J; ++j) {
-    memcpy(a + j * H, c, H * sizeof(float));
-    memset(prefix + j * H, 0, H * sizeof(float));
-    for (int64_t k = 0; k < chunks; ++k)
-#pragma omp simd
-      for (int l = 0; l < LANES; ++l) {
-        sa[k * stride + j * LANES + l] = sigmoid(c[k * LANES + l]);
-        sa[k * stride + (J + j) * LANES + l] = 0.0f;
-      }
-  }
+  for (int j = 0; j < J; ++j) memcpy(a + j * H, c, H * sizeof(float));
+  start_segments(a, prefix, sa, J, H);
   for (int64_t d = 0; d < D;) {
     /* where no example changes a at d, row d + 1 sees the same s as row d */
     const int R = d + 1 < D && !any_change(x, J, D, d) ? 2 : 1;
-    block_logits(V, b, sa, logits, J, R, d, D, H, stride);
+    block_logits(V, b, sa, logits, J, R, d, D, H, 2 * J * LANES);
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < J; ++j) {
         const int64_t e = j * D + d + r;
@@ -456,44 +467,24 @@ INLINE void train_block(const float *x, const float *Wt, const float *c, const f
       }
     const int64_t last = d + R - 1;
     block_accumulate(g, V, dV, sa, J, R, last, D, H);
-    const float *w = Wt + last * H;
-    float *dw = dWt + last * H;
     for (int j = 0; j < J; ++j) {
       const float xd = x[j * D + last];
-      if (xd == 0.0f) continue;
       /* a changes after row `last`: fold its segment into P, then step a (and s) up */
-      float *aj = a + j * H, *pj = prefix + j * H;
-      float *sj = sa + j * LANES, *accj = sa + (J + j) * LANES;
-      for (int64_t k = 0; k < chunks; ++k)
-#pragma omp simd
-        for (int l = 0; l < LANES; ++l) {
-          const int64_t h = k * LANES + l, e = k * stride + l;
-          const float ph = pj[h] + sj[e] * (1.0f - sj[e]) * accj[e];
-          pj[h] = ph;
-          dw[h] -= xd * ph;
-          accj[e] = 0.0f;
-          aj[h] += xd * w[h];
-          sj[e] = sigmoid(aj[h]);
-        }
+      if (xd != 0.0f)
+        close_segment_and_step(a + j * H, prefix + j * H, sa + j * LANES, sa + (J + j) * LANES,
+                               dWt + last * H, Wt + last * H, xd, J, H);
     }
     d = last + 1;
   }
+  close_last_segments(prefix, sa, dc, J, H); /* prefix now holds T */
   for (int j = 0; j < J; ++j) {
-    float *pj = prefix + j * H;
-    const float *sj = sa + j * LANES, *accj = sa + (J + j) * LANES;
-    for (int64_t k = 0; k < chunks; ++k)
-#pragma omp simd
-      for (int l = 0; l < LANES; ++l) {
-        const int64_t h = k * LANES + l, e = k * stride + l;
-        pj[h] += sj[e] * (1.0f - sj[e]) * accj[e]; /* now T */
-        dc[h] += pj[h];
-      }
+    const float *tj = prefix + j * H;
     for (int64_t d = 0; d < D; ++d) {
       const float xd = x[j * D + d];
       if (xd == 0.0f) continue;
       float *dw = dWt + d * H;
 #pragma omp simd
-      for (int64_t h = 0; h < H; ++h) dw[h] += xd * pj[h];
+      for (int64_t h = 0; h < H; ++h) dw[h] += xd * tj[h];
     }
   }
 }

@@ -75,13 +75,24 @@ def _padded_parameters(lib: ctypes.CDLL, W: torch.Tensor, c: torch.Tensor, V: to
     return Wt, cp, Vp
 
 
+def _kernel_inputs(lib: ctypes.CDLL, x, W, c, V, b):
+    """(x, b, Wt, cp, Vp): the data (or uniforms) and b contiguous, W, c and V in the kernels' layout."""
+    x, W, c, V, b = (t.detach().contiguous() for t in (x, W, c, V, b))
+    return (x, b, *_padded_parameters(lib, W, c, V))
+
+
+def _accumulators(lib: ctypes.CDLL, threads: int, D: int, Hp: int):
+    """Each thread's partial sums of dWt, dV (D × Hp) and dc (Hp), and its scratch."""
+    return (torch.empty(threads, D, Hp), torch.empty(threads, D, Hp), torch.empty(threads, Hp),
+            torch.empty(threads, lib.nade_scratch_floats(Hp)))
+
+
 def nade_sample_kernel(u: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor,
                        b: torch.Tensor) -> torch.Tensor:
     """Samples x (B × D) with x_d = 1[u_d < p(x_d = 1 | x_<d)], from uniforms u (B × D): the
     forward kernel's walk over d, drawing each x_d as soon as its logit is known."""
     lib = _library()
-    u, W, c, V, b = (t.detach().contiguous() for t in (u, W, c, V, b))
-    Wt, cp, Vp = _padded_parameters(lib, W, c, V)
+    u, b, Wt, cp, Vp = _kernel_inputs(lib, u, W, c, V, b)
     (B, D), Hp = u.shape, cp.shape[0]
     x = torch.empty(B, D)
     slices = _slices(B)
@@ -103,10 +114,8 @@ class NADELogitsKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W, c, V, b):
         lib = _library()
-        x, W, c, V, b = (t.detach().contiguous() for t in (x, W, c, V, b))
-        (B, D), H = x.shape, c.shape[0]
-        Wt, cp, Vp = _padded_parameters(lib, W, c, V)
-        Hp = cp.shape[0]
+        x, b, Wt, cp, Vp = _kernel_inputs(lib, x, W, c, V, b)
+        (B, D), H, Hp = x.shape, c.shape[0], cp.shape[0]
         logits, a_final = torch.empty(B, D), torch.empty(B, Hp)
         slices = _slices(B)
         scratch = torch.empty(len(slices), lib.nade_scratch_floats(Hp))
@@ -125,9 +134,7 @@ class NADELogitsKernel(torch.autograd.Function):
         g = grad_logits.contiguous()
         (B, D), Hp, H = x.shape, Vp.shape[1], ctx.hidden
         slices = _slices(B)
-        K = len(slices)
-        dWt, dV_parts, dc = torch.empty(K, D, Hp), torch.empty(K, D, Hp), torch.empty(K, Hp)
-        scratch = torch.empty(K, lib.nade_scratch_floats(Hp))
+        dWt, dV_parts, dc, scratch = _accumulators(lib, len(slices), D, Hp)
         dx = torch.empty(B, D) if ctx.needs_input_grad[0] else None
         _run([lambda k=k, lo=lo, hi=hi: lib.nade_backward(
             pointer(g[lo:hi]), pointer(x[lo:hi]), pointer(Wt), pointer(Vp), pointer(a_final[lo:hi]),
@@ -156,15 +163,11 @@ class NADEMeanNLLKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W, c, V, b):
         lib = _library()
-        x, W, c, V, b = (t.detach().contiguous() for t in (x, W, c, V, b))
-        (B, D), H = x.shape, c.shape[0]
-        Wt, cp, Vp = _padded_parameters(lib, W, c, V)
-        Hp = cp.shape[0]
+        x, b, Wt, cp, Vp = _kernel_inputs(lib, x, W, c, V, b)
+        (B, D), H, Hp = x.shape, c.shape[0], cp.shape[0]
         logits, g = torch.empty(B, D), torch.empty(B, D)
         slices = _slices(B)
-        K = len(slices)
-        dWt, dV_parts, dc = torch.empty(K, D, Hp), torch.empty(K, D, Hp), torch.empty(K, Hp)
-        scratch = torch.empty(K, lib.nade_scratch_floats(Hp))
+        dWt, dV_parts, dc, scratch = _accumulators(lib, len(slices), D, Hp)
         scale = ctypes.c_float(1.0 / B)  # the mean over the batch
         _run([lambda k=k, lo=lo, hi=hi: lib.nade_train(
             pointer(x[lo:hi]), pointer(Wt), pointer(cp), pointer(Vp), pointer(b), pointer(logits[lo:hi]),

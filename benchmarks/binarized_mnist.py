@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, RESULTS, command_line, default_data_dir, device_description, merge_records
+from common import REPO, RESULTS, command_line, default_data_dir, device_description, fit_or_resume, merge_records
 from genzoo.config import load_run_config
 from genzoo.devices import resolve_device
 from genzoo.evaluation import evaluate
-from genzoo.training import Trainer
 
 # Published figures (test NLL, nats) the targets are set against.
 ANCHORS = {
@@ -68,16 +67,8 @@ def config_path(model: str, protocol: str) -> Path:
 def run_one(model: str, protocol: str, args: argparse.Namespace, device: torch.device) -> dict:
     path = config_path(model, protocol)
     config = load_run_config(path)
-    if args.max_seconds:
-        config.train.max_seconds = args.max_seconds
-    if args.epochs:
-        config.train.epochs = args.epochs
     run_dir = Path(args.runs) / f"{model}-{protocol}"
-    trainer = Trainer(config, run_dir, device, args.data_dir, progress=None)
-    if trainer.run.last.exists():
-        trainer = Trainer.resume(run_dir, device, args.data_dir, None, epochs=config.train.epochs)
-        trainer.config.train.max_seconds = config.train.max_seconds
-    result = trainer.fit()
+    result = fit_or_resume(config, run_dir, device, args.data_dir, args.max_seconds, args.epochs)
     data_test = result.data.test
     tic = time.perf_counter()
     evaluation = evaluate(result.model, data_test.reshape(len(data_test), -1), "test", batch_size=500, progress=None)

@@ -79,3 +79,21 @@ def merge_records(path: Path, records: list[dict], key: tuple[str, ...]) -> list
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=2) + "\n")
     return merged
+
+
+def fit_or_resume(config, run_dir: Path, device: torch.device, data_dir: str | None,
+                  max_seconds: float | None = None, epochs: int | None = None):
+    """Train ``config`` in ``run_dir``, or continue the run already there (so that a benchmark cut
+    short by its time budget picks up where it stopped); ``max_seconds`` and ``epochs`` override
+    the config's. Returns the trainer's result."""
+    from genzoo.training import Trainer
+
+    if max_seconds:
+        config.train.max_seconds = max_seconds
+    if epochs:
+        config.train.epochs = epochs
+    trainer = Trainer(config, run_dir, device, data_dir, progress=None)
+    if trainer.run.last.exists():
+        trainer = Trainer.resume(run_dir, device, data_dir, None, epochs=config.train.epochs)
+        trainer.config.train.max_seconds = config.train.max_seconds
+    return trainer.fit()

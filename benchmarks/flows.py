@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, RESULTS, command_line, default_data_dir, device_description, median_seconds, merge_records
+from common import REPO, RESULTS, command_line, default_data_dir, device_description, fit_or_resume, median_seconds, merge_records
 from genzoo.config import load_run_config
 from genzoo.devices import resolve_device
 from genzoo.evaluation import evaluate
-from genzoo.training import Trainer
 
 # Published figures (test, dequantized 8-bit MNIST, bits/dim unless stated) and the targets.
 ANCHORS = {
@@ -62,16 +61,8 @@ def run_one(model_name: str, dataset: str, args: argparse.Namespace, device: tor
     config.model.pop("data_kind", None)  # the trainer sets it from the data set
     if args.eval_draws:
         config.model["eval_draws"] = args.eval_draws
-    if args.max_seconds:
-        config.train.max_seconds = args.max_seconds
-    if args.epochs:
-        config.train.epochs = args.epochs
     run_dir = Path(args.runs) / f"{model_name}-{Path(dataset).stem}"
-    trainer = Trainer(config, run_dir, device, args.data_dir, progress=None)
-    if trainer.run.last.exists():
-        trainer = Trainer.resume(run_dir, device, args.data_dir, None, epochs=config.train.epochs)
-        trainer.config.train.max_seconds = config.train.max_seconds
-    result = trainer.fit()
+    result = fit_or_resume(config, run_dir, device, args.data_dir, args.max_seconds, args.epochs)
     model = result.model.eval()
     test = result.data.test
     tic = time.perf_counter()

@@ -1,0 +1,28 @@
+"""The benchmarks' shared run driver: a benchmark re-run continues the run folder it left."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from common import fit_or_resume  # noqa: E402
+from conftest import tiny_run_config  # noqa: E402
+
+
+def test_a_second_call_resumes_the_run_and_trains_only_the_added_epochs(tmp_path):
+    run_dir = tmp_path / "made-static"
+    device = torch.device("cpu")
+    first = fit_or_resume(tiny_run_config(epochs=1), run_dir, device, None)
+    assert first.epochs_completed == 1
+    # the config asks for 1 epoch; the override extends the same run to 3
+    second = fit_or_resume(tiny_run_config(epochs=1), run_dir, device, None, epochs=3)
+    assert second.epochs_completed == 3
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3, "the resumed run trained epochs 2 and 3 only"
+
+
+def test_max_seconds_overrides_the_config(tmp_path):
+    config = tiny_run_config(epochs=1)
+    fit_or_resume(config, tmp_path / "run", torch.device("cpu"), None, max_seconds=1234.0)
+    assert config.train.max_seconds == 1234.0

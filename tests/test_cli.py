@@ -2,8 +2,10 @@
 subprocess call of the installed console script)."""
 from __future__ import annotations
 
+import io
 import json
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -186,6 +188,29 @@ def test_list(capsys):
     for name in genzoo.list_models() + genzoo.list_datasets():
         assert f"  {name}" in out
     assert "1437/180/180" in out and "1x8x8" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  ")}
+    for name in genzoo.list_models():
+        model_class = type(genzoo.build_model(name, (1, 8, 8)))
+        assert rows[name][2] == model_class.likelihood, f"{name}: the listed likelihood kind is wrong"
+    assert rows["made"][1] == "autoregressive" and rows["vae"][1] == "latent" and rows["glow"][1] == "flows"
+    assert "MADE: the masked autoencoder for distribution estimation" in out
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(monkeypatch, capsys):
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["list"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_genzoo_list_piped_into_head_prints_no_traceback():
+    command = f"{shlex.quote(sys.executable)} -m genzoo list | head -n 1"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.stdout == "models:\n"
+    assert "Traceback" not in result.stderr
 
 
 # -- errors: exit code 2, one line on stderr ----------------------------------------------------------

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ from genzoo.devices import resolve_device
 from genzoo.evaluation import evaluate
 from genzoo.images import save_image_grid
 from genzoo.models import list_models
-from genzoo.models.base import model_config_class
+from genzoo.models.base import model_config_class, model_info
 from genzoo.sampling import check_speculative_pair, speculative_sample
 from genzoo.training import RunFolder, Trainer
 
@@ -330,8 +332,9 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
 
 def _cmd_list(args: argparse.Namespace) -> None:
     print("models:")
-    for name in list_models():
-        print(f"  {name}")
+    print(f"  {'name':16s} {'family':15s} {'log_prob':12s} model")
+    for info in map(model_info, list_models()):
+        print(f"  {info.name:16s} {info.family:15s} {info.likelihood:12s} {info.title}")
     print("data sets:")
     for info in DATASETS.values():
         shape = "x".join(map(str, info.data_shape))
@@ -344,6 +347,14 @@ def main(argv: list[str] | None = None) -> int:
                "encode": _cmd_encode, "decode": _cmd_decode, "interpolate": _cmd_interpolate}[args.command]
     try:
         handler(args)
+    except BrokenPipeError:
+        # The reader left early (`genzoo list | head`): stop quietly, as Unix tools do, and keep
+        # Python from failing again when it flushes stdout at exit.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        return 128 + 13  # killed by SIGPIPE, as a shell reports it
     except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
         # ConfigError, DataError and CheckpointError are ValueErrors: one line, no traceback.
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

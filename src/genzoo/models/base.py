@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import torch
@@ -24,6 +25,8 @@ __all__ = [
     "register_model",
     "build_model",
     "list_models",
+    "ModelInfo",
+    "model_info",
     "model_config_class",
 ]
 
@@ -217,6 +220,24 @@ def build_model(name: str, data_shape: tuple[int, ...] | int, **hyperparameters:
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What ``genzoo list`` says of a registered model."""
+
+    name: str
+    family: str  #: the models/ folder it lives in: autoregressive, latent, flows, …
+    likelihood: str  #: what its log_prob returns: "exact", "lower_bound" or "none"
+    title: str  #: the model's name as its module's docstring opens, without the reference
+
+
+def model_info(name: str) -> ModelInfo:
+    cls, _ = _lookup(name)
+    module = sys.modules[cls.__module__]
+    first_line = (module.__doc__ or name).strip().splitlines()[0]
+    title = first_line.split(" (")[0].rstrip(" .,:;")
+    return ModelInfo(name, cls.__module__.split(".")[-2], str(cls.likelihood), title)
 
 
 def config_as_dict(config: Any) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def test_train_prints_a_summary(tmp_path, capsys):
     assert main(["train", "fvsbn", "--data", "digits", "--epochs", "1", "--out", str(run), "--quiet",
                  "--seed", "3", "--batch-size", "300", "--lr", "0.02"]) == 0
     out = capsys.readouterr().out
-    assert "trained fvsbn for 1 epochs (completed all epochs)" in out and str(run) in out
+    assert "trained fvsbn for 1 epoch (completed all epochs)" in out and str(run) in out
     config = load_run_config(RunFolder(run).config)
     assert (config.train.seed, config.train.batch_size, config.train.lr) == (3, 300, 0.02)
 

@@ -174,7 +174,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         trainer = Trainer(config, out, device, args.data_dir, progress, overwrite=args.overwrite)
     result = trainer.fit()
     print(
-        f"trained {trainer.config.model_name} for {result.epochs_completed} epochs ({result.stopped_because}) "
+        f"trained {trainer.config.model_name} for {result.epochs_completed} epoch{'' if result.epochs_completed == 1 else 's'} "
+        f"({result.stopped_because}) "
         f"in {result.train_seconds:.1f} s; best valid NLL {result.best_valid_nll:.2f} nats at epoch {result.best_epoch}; "
         f"run folder {trainer.run.path}"
     )

@@ -57,8 +57,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "values, which genzoo refuses to unpickle (that could run code from the file)"
         ) from None
     except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a genzoo checkpoint ({reason[:200]})") from None
+        # the first sentence of torch's reason: the rest is advice about torch.load, not about the file
+        reason = str(error).strip().splitlines()[0].split(". ")[0].rstrip(".") if str(error).strip() else ""
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a genzoo checkpoint ({reason[:200] or type(error).__name__})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a genzoo checkpoint (no '{FORMAT}' marker)")
     if payload.get("format_version") != FORMAT_VERSION:

@@ -120,6 +120,64 @@ def test_eval_last_checkpoint_on_valid_matches_the_training_record(trained_run):
     assert record["nll_nats"] == pytest.approx(RunFolder(trained_run).read_metrics()[-1]["valid_nll"], rel=1e-6)
 
 
+def _digits_test_file(tmp_path, suffix=".npy", rows=7):
+    """The first rows of the digits test split in a user's file, image-shaped in .npy."""
+    x = genzoo.load_dataset("digits", "test")[:rows].numpy()
+    path = tmp_path / f"mine{suffix}"
+    if suffix == ".npy":
+        np.save(path, x)
+    else:
+        np.savetxt(path, x.reshape(rows, -1), fmt="%d", delimiter=",")
+    return path, torch.from_numpy(x)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_eval_input_scores_each_example_of_a_users_file(trained_run, tmp_path, capsys, suffix):
+    path, x = _digits_test_file(tmp_path, suffix)
+    scores = tmp_path / f"scores{suffix}"
+    assert main(["eval", str(trained_run), "--input", str(path), "--scores", str(scores), "--batch-size", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"{path.name} NLL =" in out and "exact" in out and str(scores) in out
+    model = model_from_checkpoint(load_checkpoint(RunFolder(trained_run).best))
+    with torch.no_grad():
+        expected = model.log_prob(x).double().numpy()
+    if suffix == ".npy":
+        written = np.load(scores)
+    else:
+        header, *rows = scores.read_text().splitlines()
+        assert header == "log_p_nats,nll_bits_per_dim"
+        table = np.array([[float(v) for v in row.split(",")] for row in rows])
+        assert np.allclose(table[:, 1], -table[:, 0] / (64 * math.log(2)), atol=1e-5)
+        written = table[:, 0]
+    assert written.shape == (7,) and np.allclose(written, expected, atol=1e-5), "scores in input order"
+    record = json.loads((trained_run / "eval_input-mine.json").read_text())
+    assert record["input"] == str(path) and record["num_examples"] == 7 and record["split"] == path.name
+    assert record["nll_nats"] == pytest.approx(-expected.mean(), rel=1e-6)
+
+
+def test_eval_input_refuses_a_file_that_does_not_fit_the_model(trained_run, tmp_path, capsys):
+    path, x = _digits_test_file(tmp_path)
+    flat = x.reshape(len(x), -1).numpy()
+    bad_value = flat.copy()
+    bad_value[5, 9] = 7  # an 8-bit value: a valid data file, but not binary
+    cases = {
+        "eight_bit.npy": (bad_value, "row 5 has value 7 at dimension 9"),  # the file's row, not the batch's
+        "narrow.npy": (flat[:, :10], "examples have 10 values; this run's model takes 64 (1x8x8)"),
+        "fraction.npy": (flat * 0.5, "expected binary values"),
+    }
+    for name, (array, message) in cases.items():
+        np.save(tmp_path / name, array)
+        assert main(["eval", str(trained_run), "--input", str(tmp_path / name), "--batch-size", "2"]) == 2
+        line = _error_line(capsys)
+        assert name in line and message in line, line
+    np.savez(tmp_path / "two.npz", a=flat, b=flat)
+    assert main(["eval", str(trained_run), "--input", str(tmp_path / "two.npz")]) == 2
+    assert "expected a single array" in _error_line(capsys)
+    assert main(["eval", str(trained_run), "--input", str(path), "--scores", str(tmp_path / "s.txt")]) == 2
+    assert "use a .npy or .csv file" in _error_line(capsys)
+    assert not (trained_run / "eval_input-eight_bit.json").exists()
+
+
 def test_eval_of_a_missing_run(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "no-such-run")]) == 2
     line = _error_line(capsys)

@@ -60,6 +60,15 @@ def test_encode_decode_interpolate(vae_run, tmp_path, capsys):
     np.save(tmp_path / "x.npy", binary)
     assert main(["encode", str(vae_run), "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "zx.npy")]) == 0
     assert np.load(tmp_path / "zx.npy").shape == (5, 4)
+    # eval --input on a bound model: the scores are labelled as lower bounds
+    scores = tmp_path / "scores.csv"
+    assert main(["eval", str(vae_run), "--input", str(tmp_path / "x.npy"), "--scores", str(scores)]) == 0
+    assert "x.npy NLL ≤" in capsys.readouterr().out
+    assert scores.read_text().splitlines()[0] == "log_p_lower_bound_nats,nll_upper_bound_bits_per_dim"
+    # --input files are checked as --data files are
+    np.save(tmp_path / "half.npy", binary * 0.5)
+    assert main(["encode", str(vae_run), "--input", str(tmp_path / "half.npy"), "--out", str(tmp_path / "z2.npy")]) == 2
+    assert "half.npy: row 0" in _error_line(capsys)
     strip = tmp_path / "strip.png"
     assert main(["interpolate", str(vae_run), "--pair", "0", "7", "--steps", "5", "--out", str(strip)]) == 0
     path = np.load(strip.with_suffix(".npy"))

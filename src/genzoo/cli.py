@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -23,9 +24,9 @@ import torch
 
 from genzoo.checkpoint import load_checkpoint, model_from_checkpoint
 from genzoo.config import ConfigError, RunConfig, load_run_config, run_config_from_dict, tomllib
-from genzoo.data import DATASETS, make_training_data
+from genzoo.data import DATASETS, DataError, load_examples, make_training_data
 from genzoo.devices import resolve_device
-from genzoo.evaluation import evaluate
+from genzoo.evaluation import evaluate_with_scores
 from genzoo.images import save_image_grid
 from genzoo.models import list_models
 from genzoo.models.base import model_config_class, model_info
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--input", type=Path, metavar="FILE",
+                    help="score every example of this .npy, .csv or single-array .npz file instead of a split "
+                         "(checked like a --data file); the record goes to RUN_DIR/eval_input-NAME.json")
+    ev.add_argument("--scores", type=Path, metavar="OUT.npy|OUT.csv",
+                    help="also write each example's log p(x) in nats, in input order (a lower bound on it for "
+                         "models whose likelihood is lower_bound); .csv adds the NLL in bits/dim")
     add_common(ev)
 
     sample = commands.add_parser("sample", help="draw samples from a trained run", description="Write a PNG grid and a .npy of samples.")
@@ -102,11 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=int, default=500)
 
     encode = commands.add_parser("encode", help="latents of a latent-variable run's data (.npy)",
-                                 description="Encode a split (or --input FILE.npy) with a latent-variable model (vae, iwae, "
+                                 description="Encode a split (or --input FILE) with a latent-variable model (vae, iwae, "
                                              "gumbel-vae, vqvae): VAE posterior means, or category/code indices.")
     encode.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     add_split_input(encode)
-    encode.add_argument("--input", type=Path, metavar="FILE.npy", help="encode these examples instead of --split")
+    encode.add_argument("--input", type=Path, metavar="FILE",
+                        help="encode the examples of this .npy, .csv or single-array .npz file instead of --split")
     encode.add_argument("--out", type=Path, required=True, metavar="Z.npy", help="where the latents go")
     add_common(encode)
 
@@ -192,27 +200,70 @@ def _load_run(run_dir: Path, which: str, device: torch.device):
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
+    if args.scores is not None and args.scores.suffix not in SCORE_FILE_SUFFIXES:
+        raise ValueError(f"--scores {args.scores}: use a .npy or .csv file")
     device = resolve_device(args.device)
     run, payload, model = _load_run(args.run_dir, args.checkpoint, device)
     config = run_config_from_dict(payload["config"], where=str(run.path))
     conditional = getattr(model, "num_classes", 0) > 0  # scored given the split's class labels
-    x, labels = _split_data(payload, args.split, args.data_dir, labels=conditional)
+    if args.input is not None:
+        if conditional:
+            raise ValueError(f"{config.model_name} is class-conditional and scores x given its label; "
+                             "--input files carry no labels, so evaluate a --split instead")
+        x, labels, name = _examples_from_file(model, args.input), None, args.input.name
+        out = run.path / f"eval_input-{args.input.stem}.json"
+    else:
+        (x, labels), name = _split_data(payload, args.split, args.data_dir, labels=conditional), args.split
+        out = run.path / f"eval_{args.split}.json"
     tic = time.perf_counter()
-    result = evaluate(model, x.reshape(len(x), -1), args.split, args.batch_size, progress=None, labels=labels)
+    result, log_p = evaluate_with_scores(model, x.reshape(len(x), -1), name, args.batch_size, progress=None,
+                                         labels=labels)
     record = {
         "model": config.model_name,
         "dataset": config.data.name,
         "binarization": config.data.binarization,
         "checkpoint": args.checkpoint,
         "epoch": payload["epoch"],
+        **({"input": str(args.input)} if args.input is not None else {}),
         **result.to_dict(),
         "eval_seconds": time.perf_counter() - tic,
         "device": str(device),
     }
-    out = run.path / f"eval_{args.split}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(result.describe())
     print(f"written to {out}")
+    if args.scores is not None:
+        _write_scores(args.scores, log_p, model)
+        print(f"per-example log p(x) written to {args.scores}")
+
+
+SCORE_FILE_SUFFIXES = (".npy", ".csv")
+
+
+def _examples_from_file(model, path: Path) -> torch.Tensor:
+    """A user's file of examples for ``--input`` (eval, encode), checked against the model: the number of
+    values per example and the model's support (binary values for a Bernoulli model)."""
+    x = torch.from_numpy(load_examples(path)).float()
+    per_example = x[0].numel()
+    if per_example != model.num_dims:
+        shape = "x".join(map(str, model.data_shape))
+        raise DataError(f"{path}: examples have {per_example} values; this run's model takes {model.num_dims} ({shape})")
+    try:
+        return model.flatten_input(x.reshape(len(x), -1))
+    except ValueError as error:  # the model names the row and the value
+        raise DataError(f"{path}: {str(error).replace('input row', 'row')}") from None
+
+
+def _write_scores(path: Path, log_p: torch.Tensor, model) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        np.save(path, log_p.numpy())
+        return
+    bound = model.likelihood == "lower_bound"
+    nll_bits = -log_p / (model.num_dims * math.log(2))
+    header = "log_p_lower_bound_nats,nll_upper_bound_bits_per_dim" if bound else "log_p_nats,nll_bits_per_dim"
+    lines = [header] + [f"{a:.6f},{b:.6f}" for a, b in zip(log_p.tolist(), nll_bits.tolist())]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
@@ -289,9 +340,7 @@ def _cmd_encode(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     _, payload, model = _load_latent_run(args.run_dir, args.checkpoint, device)
     if args.input is not None:
-        if not args.input.is_file():
-            raise FileNotFoundError(f"input file {args.input} does not exist")
-        x = torch.from_numpy(np.load(args.input)).reshape(-1, model.num_dims)
+        x = _examples_from_file(model, args.input)
     else:
         x, _ = _split_data(payload, args.split, args.data_dir)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from genzoo.models import GenerativeModel
 
-__all__ = ["Evaluation", "evaluate", "mean_log_prob"]
+__all__ = ["Evaluation", "evaluate", "evaluate_with_scores", "mean_log_prob"]
 
 
 @dataclass
@@ -75,6 +75,14 @@ def evaluate(model: GenerativeModel, x: torch.Tensor, split: str = "test", batch
     """NLL of ``model`` on ``x``; ``validation=True`` scores with ``model.validation_log_prob``
     (what the trainer uses each epoch: a cheaper bound for models whose test bound is costly);
     ``labels``: the class labels of x, for a class-conditional model (the NLL of x given y)."""
+    return evaluate_with_scores(model, x, split, batch_size, progress, validation, labels)[0]
+
+
+def evaluate_with_scores(model: GenerativeModel, x: torch.Tensor, split: str = "test", batch_size: int = 1000,
+                         progress: bool = False, validation: bool = False,
+                         labels: torch.Tensor | None = None) -> tuple[Evaluation, torch.Tensor]:
+    """``evaluate``, and the per-example scores it averaged: log p(x) in nats, shape (N,), float64
+    (a lower bound on it where ``model.likelihood`` is "lower_bound")."""
     if model.likelihood == "none":
         raise ValueError(f"model {getattr(model, 'name', type(model).__name__)!r} has no likelihood to evaluate")
     score = model.validation_log_prob if validation else model.log_prob
@@ -84,4 +92,5 @@ def evaluate(model: GenerativeModel, x: torch.Tensor, split: str = "test", batch
     log_p = mean_log_prob(model, x, batch_size, progress, desc=f"eval {split}", score=score, labels=labels).double()
     nll = float(-log_p.mean())
     stderr = float(log_p.std() / math.sqrt(len(log_p))) if len(log_p) > 1 else float("nan")
-    return Evaluation(split, nll, nll / (model.num_dims * math.log(2)), model.likelihood, len(log_p), stderr, detail)
+    summary = Evaluation(split, nll, nll / (model.num_dims * math.log(2)), model.likelihood, len(log_p), stderr, detail)
+    return summary, log_p

@@ -16,7 +16,7 @@ import numpy as np
 
 from genzoo.data.download import DataError
 
-__all__ = ["load_user_file", "infer_kind", "USER_FILE_SUFFIXES"]
+__all__ = ["load_user_file", "load_examples", "infer_kind", "USER_FILE_SUFFIXES"]
 
 USER_FILE_SUFFIXES = (".npy", ".npz", ".csv")
 _USER_SPLIT_SEED = 0
@@ -84,8 +84,8 @@ def infer_kind(flat: np.ndarray, where: str) -> str:
     )
 
 
-def load_user_file(path: str | Path) -> dict[str, np.ndarray]:
-    """Read and validate a user's data file; returns {"train", "valid", "test"} arrays."""
+def _read_arrays(path: str | Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """The arrays of a user's file, by name ("all" for a .npy or .csv), not yet validated."""
     path = Path(path)
     if path.suffix not in USER_FILE_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(USER_FILE_SUFFIXES)}")
@@ -93,17 +93,30 @@ def load_user_file(path: str | Path) -> dict[str, np.ndarray]:
         raise DataError(f"data file {path} does not exist")
     try:
         if path.suffix == ".csv":
-            arrays = {"all": _read_csv(path)}
-        elif path.suffix == ".npy":
-            arrays = {"all": np.load(path, allow_pickle=False)}
-        else:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {key: f[key] for key in f.files}
+            return path, {"all": _read_csv(path)}
+        if path.suffix == ".npy":
+            return path, {"all": np.load(path, allow_pickle=False)}
+        with np.load(path, allow_pickle=False) as f:
+            return path, {key: f[key] for key in f.files}
     except DataError:
         raise
     except (ValueError, OSError, EOFError) as error:
         raise DataError(f"{path} could not be read as {path.suffix}: {error}") from None
 
+
+def load_examples(path: str | Path) -> np.ndarray:
+    """Every example of a user's file, validated and in file order (nothing split off): what
+    ``genzoo eval --input`` scores. A .npz must hold a single array."""
+    path, arrays = _read_arrays(path)
+    if len(arrays) != 1:
+        raise DataError(f"{path} holds arrays {sorted(arrays)}; expected a single array of examples")
+    (only,) = arrays.values()
+    return _as_examples(only, str(path))
+
+
+def load_user_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Read and validate a user's data file; returns {"train", "valid", "test"} arrays."""
+    path, arrays = _read_arrays(path)
     if {"train", "valid", "test"} <= set(arrays):
         splits = {s: _as_examples(arrays[s], f"{path}[{s}]") for s in ("train", "valid", "test")}
         shapes = {s: a.shape[1:] for s, a in splits.items()}

@@ -8,7 +8,7 @@ import torch
 
 import genzoo
 from conftest import ALL_MODELS, build_tiny, randomize, random_input
-from genzoo.evaluation import Evaluation, evaluate, mean_log_prob
+from genzoo.evaluation import Evaluation, evaluate, evaluate_with_scores, mean_log_prob
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -78,3 +78,23 @@ def test_a_model_without_likelihood_cannot_be_evaluated():
 
     with pytest.raises(ValueError, match="no likelihood"):
         evaluate(NoLikelihood(), torch.zeros(3, 2))
+
+
+def test_progress_bar_shown_when_asked_and_on_a_terminal_only_by_default(capsys):
+    model = genzoo.build_model("fvsbn", (6,))
+    x = random_input(model, 20)
+    evaluate(model, x, "valid", batch_size=4, progress=True)
+    assert "eval valid" in capsys.readouterr().err
+    for progress in (False, None):  # None: tqdm's own check finds no terminal under pytest
+        evaluate(model, x, "valid", batch_size=4, progress=progress)
+        assert capsys.readouterr().err == ""
+
+
+def test_evaluate_with_scores_returns_what_it_averaged():
+    model = randomize(genzoo.build_model("nade", (5,), hidden_size=4).double(), seed=2)
+    x = random_input(model, 9)
+    summary, log_p = evaluate_with_scores(model, x, "test", batch_size=4)
+    assert log_p.shape == (9,) and log_p.dtype == torch.float64
+    assert summary.nll_nats == pytest.approx(-log_p.mean().item(), rel=1e-12)
+    with torch.no_grad():
+        assert torch.allclose(log_p, model.eval().log_prob(x).double(), atol=1e-12)

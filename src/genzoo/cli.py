@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.add_argument("--input", type=Path, metavar="FILE",
                     help="score every example of this .npy, .csv or single-array .npz file instead of a split "
                          "(checked like a --data file); the record goes to RUN_DIR/eval_input-NAME.json")
@@ -216,7 +217,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         (x, labels), name = _split_data(payload, args.split, args.data_dir, labels=conditional), args.split
         out = run.path / f"eval_{args.split}.json"
     tic = time.perf_counter()
-    result, log_p = evaluate_with_scores(model, x.reshape(len(x), -1), name, args.batch_size, progress=None,
+    result, log_p = evaluate_with_scores(model, x.reshape(len(x), -1), name, args.batch_size,
+                                         progress=False if args.quiet else None,
                                          labels=labels)
     record = {
         "model": config.model_name,

@@ -41,12 +41,13 @@ class Evaluation:
 
 
 @torch.no_grad()
-def mean_log_prob(model: GenerativeModel, x: torch.Tensor, batch_size: int = 1000, progress: bool = False,
+def mean_log_prob(model: GenerativeModel, x: torch.Tensor, batch_size: int = 1000, progress: bool | None = False,
                   desc: str = "eval", score: Callable[[torch.Tensor], torch.Tensor] | None = None,
                   labels: torch.Tensor | None = None) -> torch.Tensor:
     """log p(x) for every row of x (or ``score(x)``, one of the model's own scoring methods),
     computed in batches in eval mode; returns (N,) on the CPU. With ``labels`` (a class-conditional
-    model), log p(x | y) by ``model.log_prob(x, y=labels)``."""
+    model), log p(x | y) by ``model.log_prob(x, y=labels)``. ``progress``: a progress bar over the
+    batches; None shows it only on a terminal."""
     score = model.log_prob if score is None else score
     was_training = model.training
     model.eval()
@@ -57,21 +58,22 @@ def mean_log_prob(model: GenerativeModel, x: torch.Tensor, batch_size: int = 100
         model.train(was_training)
 
 
-def _scores(model: GenerativeModel, x: torch.Tensor, batch_size: int, progress: bool, desc: str,
+def _scores(model: GenerativeModel, x: torch.Tensor, batch_size: int, progress: bool | None, desc: str,
             score: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
+    disable = None if progress is None else not progress  # tqdm's None: shown on a terminal only
     if labels is not None:
         pairs = zip(x.split(batch_size), labels.split(batch_size))
         out = [model.log_prob(batch.to(model.device), y=y.to(model.device)).cpu()
-               for batch, y in tqdm(pairs, desc=desc, disable=not progress, leave=False,
+               for batch, y in tqdm(pairs, desc=desc, disable=disable, leave=False,
                                     total=math.ceil(len(x) / batch_size))]
         return torch.cat(out)
     out = [score(batch.to(model.device)).cpu()
-           for batch in tqdm(x.split(batch_size), desc=desc, disable=not progress, leave=False)]
+           for batch in tqdm(x.split(batch_size), desc=desc, disable=disable, leave=False)]
     return torch.cat(out)
 
 
 def evaluate(model: GenerativeModel, x: torch.Tensor, split: str = "test", batch_size: int = 1000,
-             progress: bool = False, validation: bool = False, labels: torch.Tensor | None = None) -> Evaluation:
+             progress: bool | None = False, validation: bool = False, labels: torch.Tensor | None = None) -> Evaluation:
     """NLL of ``model`` on ``x``; ``validation=True`` scores with ``model.validation_log_prob``
     (what the trainer uses each epoch: a cheaper bound for models whose test bound is costly);
     ``labels``: the class labels of x, for a class-conditional model (the NLL of x given y)."""
@@ -79,7 +81,7 @@ def evaluate(model: GenerativeModel, x: torch.Tensor, split: str = "test", batch
 
 
 def evaluate_with_scores(model: GenerativeModel, x: torch.Tensor, split: str = "test", batch_size: int = 1000,
-                         progress: bool = False, validation: bool = False,
+                         progress: bool | None = False, validation: bool = False,
                          labels: torch.Tensor | None = None) -> tuple[Evaluation, torch.Tensor]:
     """``evaluate``, and the per-example scores it averaged: log p(x) in nats, shape (N,), float64
     (a lower bound on it where ``model.likelihood`` is "lower_bound")."""

@@ -287,7 +287,8 @@ class Trainer:
                 }
                 improved = False
                 if validation_due(epoch, train_cfg) or out_of_time:
-                    result = evaluate(model, valid, "valid", train_cfg.eval_batch_size, validation=True, labels=data.valid_labels)
+                    result = evaluate(model, valid, "valid", train_cfg.eval_batch_size, validation=True,
+                                      labels=data.valid_labels, progress=self.progress)
                     improved = result.nll_nats < best_nll
                     if improved:
                         best_nll, best_epoch, stale = result.nll_nats, epoch, 0

@@ -178,6 +178,28 @@ def test_eval_input_refuses_a_file_that_does_not_fit_the_model(trained_run, tmp_
     assert not (trained_run / "eval_input-eight_bit.json").exists()
 
 
+def test_load_model_gives_the_runs_trained_model_in_eval_mode(trained_run, tmp_path):
+    model = genzoo.load_model(trained_run)
+    assert isinstance(model, genzoo.GenerativeModel) and not model.training
+    reference = model_from_checkpoint(load_checkpoint(RunFolder(trained_run).best))
+    x = genzoo.load_dataset("digits", "test")[:20]
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(x), reference.eval().log_prob(x))
+    last = genzoo.load_model(str(trained_run), checkpoint="last", device="auto")
+    assert last.device.type in ("cpu", "cuda")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        genzoo.load_model(tmp_path / "no-such-run")
+    with pytest.raises(ValueError, match="unknown checkpoint 'newest'"):
+        genzoo.load_model(trained_run, checkpoint="newest")
+
+
+def test_import_genzoo_stays_light():
+    code = "import sys, genzoo; print(sorted(m for m in ('genzoo.training', 'matplotlib') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_eval_of_a_missing_run(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "no-such-run")]) == 2
     line = _error_line(capsys)

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genzoo.checkpoint import load_checkpoint, model_from_checkpoint
 from genzoo.config import ConfigError, RunConfig, load_run_config, run_config_from_dict, tomllib
 from genzoo.data import DATASETS, DataError, load_examples, make_training_data
 from genzoo.devices import resolve_device
@@ -31,7 +30,7 @@ from genzoo.images import save_image_grid
 from genzoo.models import list_models
 from genzoo.models.base import model_config_class, model_info
 from genzoo.sampling import check_speculative_pair, speculative_sample
-from genzoo.training import RunFolder, Trainer
+from genzoo.training import Trainer, load_run
 
 __all__ = ["main", "build_parser"]
 
@@ -190,21 +189,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
     )
 
 
-def _load_run(run_dir: Path, which: str, device: torch.device):
-    run = RunFolder(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    path = run.checkpoint(which)
-    payload = load_checkpoint(path)
-    model = model_from_checkpoint(payload, path).to(device).eval()
-    return run, payload, model
-
-
 def _cmd_eval(args: argparse.Namespace) -> None:
     if args.scores is not None and args.scores.suffix not in SCORE_FILE_SUFFIXES:
         raise ValueError(f"--scores {args.scores}: use a .npy or .csv file")
     device = resolve_device(args.device)
-    run, payload, model = _load_run(args.run_dir, args.checkpoint, device)
+    run, payload, model = load_run(args.run_dir, args.checkpoint, device)
     config = run_config_from_dict(payload["config"], where=str(run.path))
     conditional = getattr(model, "num_classes", 0) > 0  # scored given the split's class labels
     if args.input is not None:
@@ -272,7 +261,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     if args.num_samples < 1:
         raise ValueError(f"-n must be at least 1, got {args.num_samples}")
     device = resolve_device(args.device)
-    run, _, model = _load_run(args.run_dir, args.checkpoint, device)
+    run, _, model = load_run(args.run_dir, args.checkpoint, device)
     if args.sampler != "speculative" and args.draft is not None:
         raise ValueError("--draft is only used with --sampler speculative")
     draft = None
@@ -281,7 +270,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
             raise ValueError("--sampler speculative needs --draft DRAFT_RUN_DIR")
         if args.gamma < 1:
             raise ValueError(f"--gamma must be at least 1, got {args.gamma}")
-        _, _, draft = _load_run(args.draft, args.checkpoint, device)
+        _, _, draft = load_run(args.draft, args.checkpoint, device)
         check_speculative_pair(model, draft)
     labelled = {} if args.label is None else {"y": args.label}
     if args.label is not None and getattr(model, "num_classes", 0) == 0:
@@ -312,7 +301,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
 def _load_latent_run(run_dir: Path, which: str, device: torch.device):
     """A run whose model has a latent space (encode, decode, interpolate), else a one-line error."""
-    run, payload, model = _load_run(run_dir, which, device)
+    run, payload, model = load_run(run_dir, which, device)
     if not all(callable(getattr(model, name, None)) for name in ("encode", "decode", "interpolate")):
         raise ValueError(f"model {model.name!r} of {run_dir} has no latent space; encode, decode and interpolate "
                          "need a latent-variable model (e.g. vae, iwae, gumbel-vae, vqvae)")

@@ -28,13 +28,13 @@ from genzoo.checkpoint import CheckpointError, load_checkpoint, model_from_check
 from genzoo.config import RunConfig, TrainConfig, dump_toml, load_run_config
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.download import DataError
-from genzoo.devices import seed_everything, tune_cpu_process
+from genzoo.devices import resolve_device, seed_everything, tune_cpu_process
 from genzoo.evaluation import evaluate
 from genzoo.images import save_loss_curve
 from genzoo.models import GenerativeModel, build_model
 from genzoo.models.base import model_config_class
 
-__all__ = ["Trainer", "TrainResult", "RunFolder", "weight_l1_norm"]
+__all__ = ["Trainer", "TrainResult", "RunFolder", "load_run", "load_model", "weight_l1_norm"]
 
 #: training steps between two reads of the running loss (for the progress bar and the NaN check)
 LOSS_READ_EVERY = 25
@@ -78,6 +78,26 @@ class RunFolder:
         if not self.metrics.exists():
             return []
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best",
+             device: str | torch.device = "cpu") -> tuple[RunFolder, dict[str, Any], GenerativeModel]:
+    """A training run's folder, the payload of its ``checkpoint`` ("best" or "last") and the model
+    it holds, in eval mode on ``device`` ("auto", "cpu" or "cuda"). Loading never runs code from
+    the file (``genzoo.checkpoint``)."""
+    run = RunFolder(Path(run_dir))
+    if not run.path.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    path = run.checkpoint(checkpoint)
+    payload = load_checkpoint(path)
+    device = resolve_device(device) if isinstance(device, str) else device
+    return run, payload, model_from_checkpoint(payload, path).to(device).eval()
+
+
+def load_model(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> GenerativeModel:
+    """The trained model of a run folder (what ``genzoo train --out RUN_DIR`` wrote), ready to score
+    and sample: ``genzoo.load_model("runs/made").log_prob(x)``."""
+    return load_run(run_dir, checkpoint, device)[2]
 
 
 @dataclass

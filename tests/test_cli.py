@@ -463,3 +463,37 @@ def test_installed_console_script():
     assert "usage: genzoo" in result.stdout
     for name in ("train", "eval", "sample", "list"):
         assert name in result.stdout
+
+
+# -- Ctrl-C -------------------------------------------------------------------------------------------
+
+
+def _interrupted_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_ctrl_c_during_training_says_how_to_continue(run_copy, tmp_path, monkeypatch, capsys):
+    def interrupted_fit(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(genzoo.training.Trainer, "fit", interrupted_fit)
+    assert main(["train", "made", "--resume", "--epochs", "4", "--out", str(run_copy)]) == 130
+    line = _interrupted_line(capsys)
+    assert line.startswith("genzoo: training interrupted")
+    assert f"continue with: genzoo train made --resume --out {run_copy}" in line
+    # interrupted before any epoch was saved: there is nothing to resume
+    fresh = tmp_path / "fresh"
+    assert main(["train", "made", "--data", "digits", "-p", "hidden_sizes=[8]", "--out", str(fresh)]) == 130
+    line = _interrupted_line(capsys)
+    assert "no epoch was saved yet" in line and "--overwrite" in line
+
+
+def test_ctrl_c_in_another_command_ends_in_one_line(trained_run, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(genzoo.cli, "evaluate_with_scores", interrupted)
+    assert main(["eval", str(trained_run)]) == 130
+    assert _interrupted_line(capsys) == "genzoo: interrupted"

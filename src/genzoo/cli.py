@@ -167,6 +167,10 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     return config
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a command, with what the user needs to carry on (one line)."""
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     progress = False if args.quiet else None
@@ -180,7 +184,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
         config = _train_config(args)
         out = args.out or Path("runs") / f"{args.model}-{Path(config.data.name).stem}"
         trainer = Trainer(config, out, device, args.data_dir, progress, overwrite=args.overwrite)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        run = trainer.run
+        if run.last.exists():
+            next_step = (f"{run.last} holds the last saved epoch; continue with: "
+                         f"genzoo train {trainer.config.model_name} --resume --out {run.path}")
+        else:
+            next_step = f"no epoch was saved yet in {run.path}; start it again with --overwrite"
+        raise Interrupted(f"training interrupted; {next_step}") from None
     print(
         f"trained {trainer.config.model_name} for {result.epochs_completed} epoch{'' if result.epochs_completed == 1 else 's'} "
         f"({result.stopped_because}) "
@@ -388,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
                "encode": _cmd_encode, "decode": _cmd_decode, "interpolate": _cmd_interpolate}[args.command]
     try:
         handler(args)
+    except Interrupted as interruption:
+        print(f"genzoo: {interruption}", file=sys.stderr)
+        return 128 + 2  # as a shell reports a command stopped by Ctrl-C (SIGINT)
+    except KeyboardInterrupt:
+        print("genzoo: interrupted", file=sys.stderr)
+        return 128 + 2
     except BrokenPipeError:
         # The reader left early (`genzoo list | head`): stop quietly, as Unix tools do, and keep
         # Python from failing again when it flushes stdout at exit.

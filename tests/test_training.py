@@ -364,6 +364,11 @@ def test_patience_counts_epochs_when_validating_every_few(tmp_path):
     assert result.stopped_because == "no better validation NLL in 4 epochs"
 
 
+def test_a_run_that_runs_out_of_time_in_its_last_epoch_is_complete(tmp_path):
+    result = _fit(tiny_run_config("fvsbn", epochs=1, max_seconds=1e-9), tmp_path / "run")
+    assert result.epochs_completed == 1 and result.stopped_because == "completed all epochs"
+
+
 def test_max_seconds_validates_the_epoch_it_stops_at(tmp_path):
     run_dir = tmp_path / "run"
     result = _fit(tiny_run_config("fvsbn", epochs=10, eval_every=5, max_seconds=1e-9), run_dir)

@@ -282,7 +282,7 @@ class Trainer:
         epoch = start_epoch
         if train_cfg.patience and stale >= train_cfg.patience:
             stopped_because = f"no better validation NLL in {stale} epochs"
-        elif train_cfg.max_seconds and seconds >= train_cfg.max_seconds:
+        elif train_cfg.max_seconds and seconds >= train_cfg.max_seconds and start_epoch < train_cfg.epochs:
             stopped_because = f"reached max_seconds = {train_cfg.max_seconds:g}"
         else:
             for epoch in range(start_epoch + 1, train_cfg.epochs + 1):
@@ -324,7 +324,7 @@ class Trainer:
                 stop = None
                 if train_cfg.patience and stale >= train_cfg.patience:
                     stop = f"no better validation NLL in {stale} epochs"
-                elif out_of_time:
+                elif out_of_time and epoch < train_cfg.epochs:  # at the last epoch the run is complete
                     stop = f"reached max_seconds = {train_cfg.max_seconds:g}"
                 model_payload = {
                     "config": cfg.to_dict(),

@@ -408,6 +408,15 @@ def test_download_failure_is_a_clear_data_error(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_offline_binarized_mnist_names_every_file_that_would_do(tmp_path, monkeypatch):
+    _fake_urlopen(monkeypatch, None)
+    with pytest.raises(DataError) as info:
+        genzoo.load_dataset("binarized-mnist", "test", data_dir=str(tmp_path))
+    message = _one_line(info)
+    assert "binarized_mnist.npz (arrays train, valid, test)" in message
+    assert "binarized_mnist_{train,valid,test}.amat" in message
+
+
 def test_a_wrong_binarized_mnist_file_is_refused(tmp_path):
     np.savez(tmp_path / "binarized_mnist.npz", train=np.zeros((5, 784), np.uint8),
              valid=np.zeros((5, 784), np.uint8), test=np.zeros((5, 784), np.uint8))

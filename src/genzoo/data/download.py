@@ -57,8 +57,10 @@ def _download(url: str, target: Path, sha256: str) -> None:
     shutil.move(str(tmp_path), target)
 
 
-def find_or_download(filename: str, url: str, sha256: str, folder: Path, dataset: str) -> Path:
-    """Return ``folder/filename``, downloading it (sha256-verified) if it is not there yet."""
+def find_or_download(filename: str, url: str, sha256: str, folder: Path, dataset: str,
+                     files_to_put: str | None = None) -> Path:
+    """Return ``folder/filename``, downloading it (sha256-verified) if it is not there yet;
+    offline, the error says to put ``files_to_put`` (default: the file itself) in the folder."""
     target = folder / filename
     if target.exists():
         return target
@@ -69,6 +71,6 @@ def find_or_download(filename: str, url: str, sha256: str, folder: Path, dataset
     except OSError as error:
         raise DataError(
             f"data set {dataset!r} is not in {folder} and could not be downloaded ({error}); "
-            f"put {filename} there, or point --data-dir / GENZOO_DATA at the folder that holds it"
+            f"put {files_to_put or filename} there, or point --data-dir / GENZOO_DATA at the folder that holds it"
         ) from None
     return target

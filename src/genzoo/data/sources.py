@@ -49,7 +49,9 @@ def load_binarized_mnist(folder: str | None = None) -> dict[str, np.ndarray]:
         splits = {}
         for split, sha in _BINARIZED_MNIST_SHA256.items():
             amat = find_or_download(
-                f"binarized_mnist_{split}.amat", _BINARIZED_MNIST_URL.format(split=split), sha, root, "binarized-mnist"
+                f"binarized_mnist_{split}.amat", _BINARIZED_MNIST_URL.format(split=split), sha, root, "binarized-mnist",
+                files_to_put="binarized_mnist.npz (arrays train, valid, test) or the three binarized_mnist_"
+                             "{train,valid,test}.amat files",
             )
             splits[split] = np.loadtxt(amat, dtype=np.uint8)
         _save_npz_atomically(npz, **splits)

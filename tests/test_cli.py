@@ -247,6 +247,25 @@ def test_sample_is_reproducible_and_naive_equals_fast(trained_run, tmp_path):
     assert not np.array_equal(draw("other", "--seed", "8"), fast)
 
 
+def test_sample_in_batches_draws_the_batches_from_one_seeded_stream(trained_run, tmp_path, capsys):
+    png = tmp_path / "batched.png"
+    assert main(["sample", str(trained_run), "-n", "7", "--batch-size", "3", "--seed", "5", "--out", str(png)]) == 0
+    batched = np.load(png.with_suffix(".npy"))
+    model = genzoo.load_model(trained_run)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        expected = torch.cat([model.sample(n, generator=generator) for n in (3, 3, 1)])
+    assert batched.shape == (7, 1, 8, 8) and np.array_equal(batched, expected.numpy().astype(np.uint8))
+    # fewer samples than a batch: one draw of all of them, as before batching existed
+    assert main(["sample", str(trained_run), "-n", "5", "--seed", "5", "--out", str(png)]) == 0
+    with torch.no_grad():
+        whole = model.sample(5, generator=torch.Generator().manual_seed(5))
+    assert np.array_equal(np.load(png.with_suffix(".npy")), whole.numpy().astype(np.uint8))
+    capsys.readouterr()
+    assert main(["sample", str(trained_run), "-n", "5", "--batch-size", "0", "--out", str(png)]) == 2
+    assert "--batch-size must be at least 1" in _error_line(capsys)
+
+
 def test_sample_defaults_to_the_run_folder(run_copy):
     assert main(["sample", str(run_copy), "-n", "4", "--checkpoint", "last"]) == 0
     assert (run_copy / "samples.png").is_file()

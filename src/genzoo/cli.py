@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from genzoo.config import ConfigError, RunConfig, load_run_config, run_config_from_dict, tomllib
 from genzoo.data import DATASETS, DataError, load_examples, make_training_data
@@ -101,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run folder of the draft model for --sampler speculative (same data shape and order)")
     sample.add_argument("--gamma", type=int, default=4, help="dimensions the draft proposes per round (default: 4)")
     sample.add_argument("--label", type=int, metavar="Y", help="class-conditional models (num_classes > 0): draw samples of class Y")
+    sample.add_argument("--batch-size", type=int, default=500,
+                        help="samples drawn at a time, to bound memory (default: 500); --seed and the batch size "
+                             "fix the samples. The speculative sampler draws all -n at once")
+    sample.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(sample)
 
     def add_split_input(p: argparse.ArgumentParser) -> None:
@@ -273,6 +278,8 @@ def _write_scores(path: Path, log_p: torch.Tensor, model) -> None:
 def _cmd_sample(args: argparse.Namespace) -> None:
     if args.num_samples < 1:
         raise ValueError(f"-n must be at least 1, got {args.num_samples}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
     run, _, model = load_run(args.run_dir, args.checkpoint, device)
     if args.sampler != "speculative" and args.draft is not None:
@@ -296,12 +303,18 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     with torch.no_grad():
         if draft is not None:
             x, stats = speculative_sample(model, draft, args.num_samples, args.gamma, generator)
-        elif args.sampler == "naive":
-            if not hasattr(model, "sample_naive"):
-                raise ValueError(f"model {model.name!r} has no naive sampler")
-            x = model.unflatten(model.sample_naive(model.draw_uniforms(args.num_samples, generator), **labelled))
         else:
-            x = model.sample(args.num_samples, generator=generator, **labelled)
+            if args.sampler == "naive" and not hasattr(model, "sample_naive"):
+                raise ValueError(f"model {model.name!r} has no naive sampler")
+            if args.sampler == "naive":
+                def draw(n: int) -> torch.Tensor:
+                    return model.unflatten(model.sample_naive(model.draw_uniforms(n, generator), **labelled))
+            else:
+                def draw(n: int) -> torch.Tensor:
+                    return model.sample(n, generator=generator, **labelled)
+            sizes = [min(args.batch_size, args.num_samples - start) for start in range(0, args.num_samples, args.batch_size)]
+            bar = tqdm(sizes, desc="sample", unit="batch", leave=False, disable=True if args.quiet else None)
+            x = torch.cat([draw(n) for n in bar])
     seconds = time.perf_counter() - tic
     png = args.out or run.path / "samples.png"
     _write_images(x, png, np.float32 if model.support == "real" else np.uint8)

@@ -260,7 +260,7 @@ def _examples_from_file(model, path: Path) -> torch.Tensor:
     try:
         return model.flatten_input(x.reshape(len(x), -1))
     except ValueError as error:  # the model names the row and the value
-        raise DataError(f"{path}: {str(error).replace('input row', 'row')}") from None
+        raise DataError(f"{path}: {error}") from None
 
 
 def _write_scores(path: Path, log_p: torch.Tensor, model) -> None:
@@ -304,14 +304,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         if draft is not None:
             x, stats = speculative_sample(model, draft, args.num_samples, args.gamma, generator)
         else:
-            if args.sampler == "naive" and not hasattr(model, "sample_naive"):
-                raise ValueError(f"model {model.name!r} has no naive sampler")
-            if args.sampler == "naive":
-                def draw(n: int) -> torch.Tensor:
-                    return model.unflatten(model.sample_naive(model.draw_uniforms(n, generator), **labelled))
-            else:
-                def draw(n: int) -> torch.Tensor:
-                    return model.sample(n, generator=generator, **labelled)
+            draw = _sampler(model, args.sampler, generator, labelled)
             sizes = [min(args.batch_size, args.num_samples - start) for start in range(0, args.num_samples, args.batch_size)]
             bar = tqdm(sizes, desc="sample", unit="batch", leave=False, disable=True if args.quiet else None)
             x = torch.cat([draw(n) for n in bar])
@@ -323,6 +316,15 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         print(f"speculative: gamma {args.gamma}, acceptance rate {stats.acceptance_rate:.3f}, "
               f"{stats.target_calls} target calls, {stats.dimensions_per_target_call:.2f} dimensions per row per call")
     print(f"written to {png} and {png.with_suffix('.npy')}")
+
+
+def _sampler(model, sampler: str, generator: torch.Generator, labelled: dict):
+    """n -> n samples of the run's model, by its own sampler or by the naive one (D passes)."""
+    if sampler == "naive":
+        if not hasattr(model, "sample_naive"):
+            raise ValueError(f"model {model.name!r} has no naive sampler")
+        return lambda n: model.unflatten(model.sample_naive(model.draw_uniforms(n, generator), **labelled))
+    return lambda n: model.sample(n, generator=generator, **labelled)
 
 
 def _load_latent_run(run_dir: Path, which: str, device: torch.device):

@@ -233,6 +233,8 @@ class ModelInfo:
 
 
 def model_info(name: str) -> ModelInfo:
+    """A registered model's family, likelihood kind and title (from its module, so the paper's
+    name stays in one place: the docstring the model file opens with)."""
     cls, _ = _lookup(name)
     module = sys.modules[cls.__module__]
     first_line = (module.__doc__ or name).strip().splitlines()[0]

@@ -54,6 +54,24 @@ def matmul_call(device: torch.device, n: int = 2048) -> tuple[Callable[[], None]
     return product, 2.0 * n**3
 
 
+def memory_stream_call(device: torch.device, floats: int = 1 << 26) -> tuple[Callable[[], None], float]:
+    """An in-place add over 256 MB (each float read and written once, as Adam updates its tensors
+    in place), the machine's reference for memory-bound work; (call, bytes moved per call). A copy
+    to a second buffer is no reference here: on the CPU it ran at about half this rate."""
+    buffer = torch.rand(floats, device=device)
+
+    def stream():
+        buffer.add_(1.0)
+        _sync(device)
+
+    return stream, 2.0 * 4 * floats
+
+
+#: bytes a fused Adam step moves per float32 parameter: reads the parameter, its gradient and two
+#: moments, writes the parameter and the moments
+ADAM_BYTES_PER_PARAMETER = 7 * 4
+
+
 def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
     product, flops = matmul_call(device)
     return flops / median_seconds(product, repeats) / 1e9
@@ -142,7 +160,7 @@ def training_steps_call(name: str, device: torch.device, steps: int = 8, peer: b
 
 
 def interleaved_rates(contenders: dict[str, tuple[Callable[[], None], float]], rounds: int) -> dict[str, list[float]]:
-    """Work per second of each contender in each round (examples or FLOPs, as its call counts)."""
+    """Work per second of each contender in each round (examples, FLOPs or bytes, as its call counts)."""
     seconds = interleaved_seconds({name: call for name, (call, _) in contenders.items()}, rounds)
     return {name: [work / t for t in seconds[name]] for name, (_, work) in contenders.items()}
 
@@ -194,6 +212,7 @@ def made_comparison(device: torch.device, hyper: dict, batch: int, rounds: int,
         "dense products": training_steps_call("made", device, overrides={"row_blocks": 0}),
         "bare products": made_step_matmuls_call(device, hyper["hidden_sizes"][0], batch),
         "matmul": matmul_call(device),
+        "memory stream": memory_stream_call(device),
     }, rounds)
     matmul = rates["matmul"]
     executed = [r * executed_flops for r in rates["genzoo"]]
@@ -217,6 +236,7 @@ def made_comparison(device: torch.device, hyper: dict, batch: int, rounds: int,
         "dense_equivalent_fraction_of_matmul_peak": median_ratio(dense_equivalent, matmul),
         "dense_products_fraction_of_matmul_peak": median_ratio(dense_products, matmul),
         "step_matmuls_fraction_of_matmul_peak": median_ratio(bare, matmul),
+        "memory_stream_gbps_interleaved": median(rates["memory stream"]) / 1e9,
     }
 
 
@@ -286,6 +306,9 @@ def main() -> None:
         if name == "made":
             entry.update(made)
             entry["step_breakdown_ms"] = train_step_breakdown_ms(name, device, args.repeats)
+            parameters = sum(p.numel() for p in genzoo.build_model("made", (1, 28, 28), **hyper).parameters())
+            entry["optimizer_gbps"] = (ADAM_BYTES_PER_PARAMETER * parameters
+                                       / (entry["step_breakdown_ms"]["optimizer"] / 1e3) / 1e9)
             line += (f" | row blocks: {made['train_flops_per_example_executed'] / made['train_flops_per_example_dense']:.0%}"
                      f" of the dense products, {made['train_gflops_executed']:.1f} GFLOP/s executed "
                      f"({made['train_gflops_dense_equivalent']:.1f} dense-equivalent); with dense products "
@@ -293,7 +316,9 @@ def main() -> None:
                      f"{made['dense_products_train_gflops']:.1f} GFLOP/s (row blocks {made['row_blocks_speedup']:.2f}x) | "
                      f"the five dense products alone, batch {batch}: {made['step_matmuls_gflops']:.1f} GFLOP/s, "
                      f"{made['step_matmuls_ms']:.1f} ms a step | step: "
-                     + ", ".join(f"{part} {ms:.1f} ms" for part, ms in entry["step_breakdown_ms"].items()))
+                     + ", ".join(f"{part} {ms:.1f} ms" for part, ms in entry["step_breakdown_ms"].items())
+                     + f" | Adam moves {entry['optimizer_gbps']:.0f} GB/s, an in-place add over 256 MB "
+                       f"{made['memory_stream_gbps_interleaved']:.0f} GB/s")
         print(line)
         record["models"][name] = entry
     peak_readings.append(matmul_gflops(device, repeats=args.repeats))

@@ -67,6 +67,7 @@ def config_path(model: str, protocol: str) -> Path:
 def run_one(model: str, protocol: str, args: argparse.Namespace, device: torch.device) -> dict:
     path = config_path(model, protocol)
     config = load_run_config(path)
+    config.train.fit_epochs_to_max_seconds = args.fit_epochs_to_time
     run_dir = Path(args.runs) / f"{model}-{protocol}"
     result = fit_or_resume(config, run_dir, device, args.data_dir, args.max_seconds, args.epochs)
     data_test = result.data.test
@@ -93,7 +94,11 @@ def run_one(model: str, protocol: str, args: argparse.Namespace, device: torch.d
         "command": command_line(),
         "anchor": ANCHORS.get((model, protocol), ""),
     }
-    if len(result.epoch_plans) > 1:
+    fitted = result.fitted_from_epochs is not None
+    if fitted:
+        # --fit-epochs-to-time shortened the plan so that the schedule ends within the budget
+        record["fitted_from_epochs"] = result.fitted_from_epochs
+    if len(result.epoch_plans) > 1 + fitted:
         # the lr schedule was planned for fewer epochs and then stretched: say so, since a fresh
         # run of the command would follow one schedule over all the epochs instead
         record["extended_from_epochs"] = result.epoch_plans[0][1]
@@ -120,6 +125,8 @@ def markdown_table(records: list[dict]) -> str:
         epochs = str(r["epochs"])
         if "epoch_plans" in r or "extended_from_epochs" in r:  # a run extended with --epochs (see the README)
             epochs += f" ({' + '.join(str(n) for n in epochs_per_plan(r))})"
+        if "fitted_from_epochs" in r:
+            epochs += f" of {r['fitted_from_epochs']} (fitted to the time budget)"
         lines.append(
             f"| {r['protocol']} | {r['model']} | {'≤ ' if r.get('likelihood', 'exact') != 'exact' else ''}{r['nll_nats']:.2f} | {r['bits_per_dim']:.4f} | {r['likelihood']} | "
             f"{epochs} | {r['train_seconds'] / 60:.0f} min | {r['device']} | {r['anchor']} |"
@@ -133,10 +140,15 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", default=["static", "dynamic"], choices=["static", "dynamic"])
     parser.add_argument("--max-seconds", type=float, default=0, help="training-time budget per run (0: none)")
     parser.add_argument("--epochs", type=int, default=0, help="override the configs' epoch count")
+    parser.add_argument("--fit-epochs-to-time", action="store_true",
+                        help="with --max-seconds: shorten each run's planned epochs to what fits in the budget "
+                             "(fit_epochs_to_max_seconds), so that its lr schedule ends instead of being cut off")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--runs", default=str(REPO / "benchmarks" / "runs"), help="folder for the run folders")
     args = parser.parse_args()
+    if args.fit_epochs_to_time and not args.max_seconds:
+        parser.error("--fit-epochs-to-time needs --max-seconds")
     device = resolve_device(args.device)
     for protocol in args.protocols:
         for model in args.models:

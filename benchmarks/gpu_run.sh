@@ -3,7 +3,9 @@
 # trains MODEL under PROTOCOL for at most TRAIN_SECONDS, scores the test set, and copies the
 # results table and the run's metrics into OUT_DIR. Run it again on the same machine and it
 # resumes the run from its last checkpoint (benchmarks/runs/MODEL-PROTOCOL); TRAIN_SECONDS counts
-# the run's training time in all, so a second call needs a larger one (420 more: 840).
+# the run's training time in all, so a second call needs a larger one (420 more: 840). The run's
+# planned epochs are fitted to TRAIN_SECONDS (--fit-epochs-to-time): however fast the machine, its
+# cosine schedule ends inside the budget, so one call yields a finished model.
 #
 #   bash benchmarks/gpu_run.sh OUT_DIR MODEL [PROTOCOL=static] [TRAIN_SECONDS=420] [DEVICE=cuda]
 #   bash benchmarks/gpu_run.sh "$OUT" made-ensemble     # the 32-mask two-layer MADE (86.64 nats)
@@ -31,6 +33,6 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 "$python" benchmarks/binarized_mnist.py --models "$model" --protocols "$protocol" --device "$device" \
-  --max-seconds "$seconds" 2>&1 | tee "$out/$model-$protocol.log"
+  --max-seconds "$seconds" --fit-epochs-to-time 2>&1 | tee "$out/$model-$protocol.log"
 cp benchmarks/results/binarized-mnist.json benchmarks/results/binarized-mnist.md "$out/"
 cp "benchmarks/runs/$model-$protocol/metrics.jsonl" "$out/$model-$protocol-metrics.jsonl"

@@ -30,3 +30,7 @@ def test_records_from_before_the_plans_were_kept_still_read():
 
 def test_a_run_never_extended_shows_its_epochs_alone():
     assert "| 20 | 1 min |" in markdown_table([_record(epochs=20)])
+
+
+def test_a_run_fitted_to_its_time_budget_says_how_many_epochs_were_planned():
+    assert "| 140 of 300 (fitted to the time budget) |" in markdown_table([_record(epochs=140, fitted_from_epochs=300)])

@@ -26,3 +26,20 @@ def test_max_seconds_overrides_the_config(tmp_path):
     config = tiny_run_config(epochs=1)
     fit_or_resume(config, tmp_path / "run", torch.device("cpu"), None, max_seconds=1234.0)
     assert config.train.max_seconds == 1234.0
+
+
+def test_the_nll_benchmark_fits_a_budgeted_run_and_records_it(tmp_path, monkeypatch):
+    import argparse
+
+    import binarized_mnist
+
+    monkeypatch.setattr(binarized_mnist, "config_path", lambda model, protocol: tmp_path / "fvsbn.toml")
+    (tmp_path / "fvsbn.toml").write_text('[model]\nname = "fvsbn"\n[data]\nname = "digits"\n'
+                                         '[train]\nepochs = 100000\nlr_schedule = "cosine"\n')
+    monkeypatch.setattr(binarized_mnist, "REPO", tmp_path)
+    args = argparse.Namespace(max_seconds=1.0, epochs=0, fit_epochs_to_time=True, runs=str(tmp_path / "runs"),
+                              data_dir=None)
+    record = binarized_mnist.run_one("fvsbn", "static", args, torch.device("cpu"))
+    assert record["fitted_from_epochs"] == 100000 and record["epochs"] < 100000
+    assert record["stopped_because"].startswith("completed all epochs, fitted to max_seconds = 1")
+    assert "extended_from_epochs" not in record

@@ -12,7 +12,7 @@ from PIL import Image
 import genzoo.training
 from conftest import tiny_run_config
 from genzoo.checkpoint import CheckpointError, load_checkpoint
-from genzoo.config import load_run_config
+from genzoo.config import ConfigError, TrainConfig, load_run_config
 from genzoo.data import DataError
 from genzoo.training import RunFolder, Trainer, weight_l1_norm
 
@@ -632,3 +632,61 @@ def test_adam_eps_reaches_the_optimizer():
     burda = genzoo.training.make_optimizer(model, tiny_run_config("fvsbn", adam_eps=1e-4))
     assert default.param_groups[0]["eps"] == 1e-8
     assert burda.param_groups[0]["eps"] == 1e-4
+
+
+# -- fitting the planned epochs to the time budget -------------------------------------------------
+
+
+def _one_second_epochs(monkeypatch):
+    """A fake clock on which every training epoch takes exactly one second."""
+    clock = [0.0]
+    monkeypatch.setattr(genzoo.training.time, "perf_counter", lambda: clock[0])
+    train_one_epoch = Trainer._train_one_epoch
+
+    def timed(self, *args, **kwargs):
+        loss = train_one_epoch(self, *args, **kwargs)
+        clock[0] += 1.0
+        return loss
+
+    monkeypatch.setattr(Trainer, "_train_one_epoch", timed)
+
+
+def test_fitting_shortens_the_plan_so_the_cosine_schedule_ends_in_time(tmp_path, monkeypatch):
+    _one_second_epochs(monkeypatch)
+    config = tiny_run_config("fvsbn", epochs=20, lr=0.01, lr_schedule="cosine", max_seconds=5.5,
+                             fit_epochs_to_max_seconds=True)
+    result = _fit(config, tmp_path / "run")
+    # after epoch 1 (1 s), 4.5 s are left: 4 more epochs fit, so the plan becomes 5
+    assert result.epochs_completed == 5 and result.fitted_from_epochs == 20
+    assert result.epoch_plans == [(0, 20), (1, 5)]
+    assert result.stopped_because == "completed all epochs, fitted to max_seconds = 5.5: 5 of the 20 planned"
+    lrs = [r["lr"] for r in RunFolder(tmp_path / "run").read_metrics()]
+    # the lr follows the 5-epoch cosine from the first epoch on, and reaches zero at the end
+    assert lrs == pytest.approx([0.01 * genzoo.training.cosine_factor(e, 5) for e in range(1, 6)], abs=1e-12)
+    assert lrs[-1] == 0.0
+    assert load_run_config(tmp_path / "run" / "config.toml").train.epochs == 5  # a resume keeps the plan
+    assert Trainer.resume(tmp_path / "run", progress=False).fit().epochs_completed == 5
+
+
+def test_without_fitting_the_budget_cuts_the_schedule_part_way(tmp_path, monkeypatch):
+    _one_second_epochs(monkeypatch)
+    config = tiny_run_config("fvsbn", epochs=20, lr=0.01, lr_schedule="cosine", max_seconds=5.5)
+    result = _fit(config, tmp_path / "run")
+    assert result.epochs_completed == 6 and result.stopped_because == "reached max_seconds = 5.5"
+    assert result.fitted_from_epochs is None and result.epoch_plans == [(0, 20)]
+    assert RunFolder(tmp_path / "run").read_metrics()[-1]["lr"] > 0.0075  # 79% of the start: cut off mid-fall
+
+
+def test_fitted_epochs_stays_between_the_epochs_done_and_the_plan():
+    from genzoo.training import fitted_epochs
+
+    config = TrainConfig(epochs=20, max_seconds=5.5, fit_epochs_to_max_seconds=True)
+    assert fitted_epochs(1, 1.0, config) == 5
+    assert fitted_epochs(3, 0.3, config) == 20  # fast epochs: the plan, never more
+    assert fitted_epochs(3, 2.0, config) == 8  # 3.5 s left at 2/3 s an epoch: 5 more
+    assert fitted_epochs(3, 9.0, config) == 3  # already over budget: end now
+
+
+def test_fitting_needs_a_time_budget():
+    with pytest.raises(ConfigError, match="fit_epochs_to_max_seconds needs a time budget"):
+        TrainConfig(fit_epochs_to_max_seconds=True)

@@ -154,8 +154,14 @@ class TrainConfig:
     #: state is 0.9 GB); a resume redoes the epochs trained since the last one
     checkpoint_every: int = 1
     eval_batch_size: int = 1000
-    #: stop training after this much wall-clock time (seconds); 0 means no limit
+    #: stop training after this much time (seconds of training epochs: validation and checkpoint
+    #: writes are not counted); 0 means no limit
     max_seconds: float = 0.0
+    #: with max_seconds: after each epoch, shorten the planned epochs to as many as fit in
+    #: max_seconds at the mean epoch time so far, so that the learning-rate schedule (a cosine's
+    #: fall to zero) ends when the time does instead of being cut off part-way; never lengthens
+    #: the plan
+    fit_epochs_to_max_seconds: bool = False
     seed: int = 0
     #: a checkpoint whose model weights initialize a new run (e.g. stage two of a two-stage model
     #: from a stage-one run); "" starts from the model's own initialization
@@ -180,6 +186,8 @@ class TrainConfig:
         require(self.eval_every >= 1, f"train: eval_every must be at least 1, got {self.eval_every}")
         require(self.checkpoint_every >= 1, f"train: checkpoint_every must be at least 1, got {self.checkpoint_every}")
         require(self.max_seconds >= 0, f"train: max_seconds must be non-negative, got {self.max_seconds}")
+        require(not self.fit_epochs_to_max_seconds or self.max_seconds > 0,
+                "train: fit_epochs_to_max_seconds needs a time budget: set max_seconds")
 
 
 @dataclass

@@ -110,8 +110,11 @@ class TrainResult:
     stopped_because: str
     data: TrainingData  # the splits the run used (valid/test as evaluated)
     #: (first epoch, planned epoch total) for each epoch total the run has followed, in order: one
-    #: pair unless a resume changed the total (the lr schedule is stretched at each change)
+    #: pair unless a resume changed the total (the lr schedule is stretched at each change) or
+    #: fit_epochs_to_max_seconds shortened it
     epoch_plans: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    #: the epoch total planned before fit_epochs_to_max_seconds shortened it in this session, else None
+    fitted_from_epochs: int | None = None
 
 
 def make_optimizer(model: GenerativeModel, config: RunConfig) -> torch.optim.Optimizer:
@@ -170,6 +173,15 @@ def weight_l1_norm(model: nn.Module) -> torch.Tensor:
 def validation_due(epoch: int, train_cfg: TrainConfig) -> bool:
     """Whether the trainer validates after ``epoch``: every ``eval_every`` epochs and at the end."""
     return epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs
+
+
+def fitted_epochs(epoch: int, seconds: float, train_cfg: TrainConfig) -> int:
+    """The planned epoch total shortened to what fits in ``max_seconds``, ``seconds`` of training
+    having gone into the first ``epoch`` epochs: at least ``epoch``, at most the plan."""
+    per_epoch = seconds / epoch
+    remaining = max(0.0, train_cfg.max_seconds - seconds)
+    affordable = epoch + (int(remaining / per_epoch) if per_epoch > 0 else train_cfg.epochs)
+    return max(epoch, min(train_cfg.epochs, affordable))
 
 
 def previous_validation_epoch(epoch: int, train_cfg: TrainConfig) -> int:
@@ -279,6 +291,8 @@ class Trainer:
 
         valid = data.valid.reshape(len(data.valid), -1)
         stopped_because = "completed all epochs"
+        fitted_from: int | None = None  # the epoch total planned before fit_epochs_to_max_seconds shortened it
+        fits_to_time = train_cfg.fit_epochs_to_max_seconds and train_cfg.max_seconds > 0
         epoch = start_epoch
         if train_cfg.patience and stale >= train_cfg.patience:
             stopped_because = f"no better validation NLL in {stale} epochs"
@@ -293,9 +307,18 @@ class Trainer:
                 stage = model.training_stage
                 train_x = data.train_epoch(data_order).reshape(len(data.train_source), -1)
                 train_loss = self._train_one_epoch(model, optimizer, train_x, data_order, epoch, data.train_labels)
-                scheduler.step()
                 epoch_seconds = time.perf_counter() - tic
                 seconds += epoch_seconds
+                if fits_to_time and fitted_epochs(epoch, seconds, train_cfg) < train_cfg.epochs:
+                    # before the scheduler's step, so that the next epoch's lr is already on the new plan
+                    train_cfg.epochs = fitted_epochs(epoch, seconds, train_cfg)
+                    if fitted_from is None:
+                        fitted_from = epoch_plans[-1][1]
+                        epoch_plans.append((epoch, train_cfg.epochs))
+                    else:  # one fitted plan a session, however often it shortens
+                        epoch_plans[-1] = (epoch_plans[-1][0], train_cfg.epochs)
+                    self.run.config.write_text(dump_toml(cfg.to_dict()))  # a resume keeps the fitted plan
+                scheduler.step()
                 out_of_time = bool(train_cfg.max_seconds) and seconds >= train_cfg.max_seconds
                 record = {
                     "epoch": epoch,
@@ -355,11 +378,16 @@ class Trainer:
                 if stop:
                     stopped_because = stop
                     break
+                if epoch >= train_cfg.epochs:  # the plan was shortened to end here
+                    break
+            if fitted_from is not None and stopped_because == "completed all epochs":
+                stopped_because = (f"completed all epochs, fitted to max_seconds = {train_cfg.max_seconds:g}: "
+                                   f"{train_cfg.epochs} of the {fitted_from} planned")
         records = self.run.read_metrics()
         if records:
             save_loss_curve(records, self.run.loss_curve, title=f"{cfg.model_name} on {cfg.data.name}")
         best = model_from_checkpoint(load_checkpoint(self.run.best), self.run.best).to(self.device)
-        return TrainResult(best, epoch, best_epoch, best_nll, seconds, stopped_because, data, epoch_plans)
+        return TrainResult(best, epoch, best_epoch, best_nll, seconds, stopped_because, data, epoch_plans, fitted_from)
 
     def _train_one_epoch(self, model: GenerativeModel, optimizer: torch.optim.Optimizer, train_x: torch.Tensor,
                          data_order: torch.Generator, epoch: int, train_y: torch.Tensor | None = None) -> float:

@@ -516,3 +516,14 @@ def test_ctrl_c_in_another_command_ends_in_one_line(trained_run, monkeypatch, ca
     monkeypatch.setattr(genzoo.cli, "evaluate_with_scores", interrupted)
     assert main(["eval", str(trained_run)]) == 130
     assert _interrupted_line(capsys) == "genzoo: interrupted"
+
+
+def test_train_fit_epochs_to_time_reaches_the_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "fvsbn", "--data", "digits", "--epochs", "100000", "--max-seconds", "0.5",
+                 "--fit-epochs-to-time", "-p", "train.lr_schedule=\"cosine\"", "--out", str(run), "--quiet"]) == 0
+    assert "fitted to max_seconds = 0.5" in capsys.readouterr().out
+    config = load_run_config(run / "config.toml")
+    assert config.train.fit_epochs_to_max_seconds and config.train.epochs < 100000
+    assert main(["train", "fvsbn", "--data", "digits", "--fit-epochs-to-time", "--out", str(tmp_path / "r2")]) == 2
+    assert "needs a time budget" in _error_line(capsys)

@@ -65,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="Adam learning rate")
     train.add_argument("--seed", type=int, help="fixes data order, initialization and sampling")
     train.add_argument("--binarization", choices=["none", "dynamic"], help="dynamic: a fresh Bernoulli draw of 8-bit data each epoch")
-    train.add_argument("--max-seconds", type=float, help="stop after this much training time")
+    train.add_argument("--max-seconds", type=float,
+                       help="stop after this many seconds of training epochs (validation not counted)")
+    train.add_argument("--fit-epochs-to-time", action="store_const", const=True, dest="fit_epochs_to_max_seconds",
+                       help="with --max-seconds: shorten the planned epochs to what fits, so that the lr "
+                            "schedule ends inside the budget ([train] fit_epochs_to_max_seconds)")
     train.add_argument("-p", "--param", type=_parse_param, action="append", default=[], metavar="KEY=VALUE",
                        help="a config value in TOML syntax: a model hyperparameter (-p hidden_sizes=[500]) or, "
                             "with its table named, any [train] or [data] key (-p train.weight_decay=1e-4); repeatable")
@@ -164,7 +168,7 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         raw["data"]["name"] = args.data
     if args.binarization:
         raw["data"]["binarization"] = args.binarization
-    for key in ("epochs", "batch_size", "lr", "seed", "max_seconds"):
+    for key in ("epochs", "batch_size", "lr", "seed", "max_seconds", "fit_epochs_to_max_seconds"):
         if getattr(args, key) is not None:
             raw["train"][key] = getattr(args, key)
     config = run_config_from_dict(raw, where="command line")

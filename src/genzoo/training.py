@@ -309,9 +309,10 @@ class Trainer:
                 train_loss = self._train_one_epoch(model, optimizer, train_x, data_order, epoch, data.train_labels)
                 epoch_seconds = time.perf_counter() - tic
                 seconds += epoch_seconds
-                if fits_to_time and fitted_epochs(epoch, seconds, train_cfg) < train_cfg.epochs:
+                fitted = fitted_epochs(epoch, seconds, train_cfg) if fits_to_time else train_cfg.epochs
+                if fitted < train_cfg.epochs:
                     # before the scheduler's step, so that the next epoch's lr is already on the new plan
-                    train_cfg.epochs = fitted_epochs(epoch, seconds, train_cfg)
+                    train_cfg.epochs = fitted
                     if fitted_from is None:
                         fitted_from = epoch_plans[-1][1]
                         epoch_plans.append((epoch, train_cfg.epochs))

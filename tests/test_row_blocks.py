@@ -8,7 +8,7 @@ from torch.nn import functional as F
 import genzoo
 from conftest import all_binary, randomize
 from genzoo.models.autoregressive.made import made_degrees, made_masks
-from genzoo.nn import MaskedLinear, RowBlock, row_blocks, row_blocks_fraction
+from genzoo.nn import MaskedLinear, RowBlock, RowBlockMaskedLinear, row_blocks, row_blocks_fraction
 from genzoo.nn.masked import MIN_UNMASKED_COLUMNS, row_block_linear
 
 
@@ -68,6 +68,13 @@ def test_row_blocks_of_a_staircase_skip_about_half_of_it():
 # -- the product and its gradients --------------------------------------------------------------------
 
 
+def blocked_product(x, weight, bias, mask, blocks):
+    """The row-block product of the full ``weight``'s blocks (views, so gradients reach ``weight``)."""
+    block_weights = [weight[b.start:b.end, :b.used] for b in blocks]
+    block_masks = [mask[b.start:b.end, :b.used] for b in blocks]
+    return row_block_linear(x, block_weights, bias, block_masks, blocks)
+
+
 @pytest.mark.parametrize("kind", MASKS)
 @pytest.mark.parametrize("num_blocks", [1, 4, 100])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
@@ -81,7 +88,7 @@ def test_row_block_product_and_gradients_equal_the_dense_masked_product(kind, nu
     upstream = torch.randn(6, rows, generator=generator, dtype=torch.float64)
 
     dense = F.linear(x, weight * mask, b)
-    blocked = row_block_linear(x, weight, b, mask, row_blocks(mask, num_blocks))
+    blocked = blocked_product(x, weight, b, mask, row_blocks(mask, num_blocks))
     assert torch.allclose(blocked, dense, rtol=0, atol=1e-12)
     inputs = [x, weight] + ([b] if bias else [])
     expected = torch.autograd.grad(dense, inputs, upstream)
@@ -103,30 +110,62 @@ def test_row_block_product_passes_gradcheck():
     bias = torch.randn(9, generator=generator, dtype=torch.float64, requires_grad=True)
     x = torch.randn(4, 6, generator=generator, dtype=torch.float64, requires_grad=True)
     blocks = row_blocks(mask, 3)
-    assert torch.autograd.gradcheck(lambda x, w, b: row_block_linear(x, w, b, mask, blocks), (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda x, w, b: blocked_product(x, w, b, mask, blocks), (x, weight, bias))
 
 
-def test_row_block_product_keeps_leading_dimensions_and_skips_unneeded_gradients():
-    mask = staircase_mask(12, 10, strict=False)
-    layer = MaskedLinear(10, 12, mask=mask.float())
-    layer.set_mask(mask.float(), blocks=row_blocks(mask, 4))
+def row_block_layer(rows=12, cols=10, num_blocks=4, seed=0) -> RowBlockMaskedLinear:
+    mask = staircase_mask(rows, cols, strict=False, seed=seed).float()
+    return RowBlockMaskedLinear.from_dense(MaskedLinear(cols, rows, mask=mask), row_blocks(mask, num_blocks))
+
+
+def test_row_block_layer_keeps_leading_dimensions_and_skips_unneeded_gradients():
+    layer = row_block_layer()
     x = torch.randn(2, 3, 10)
     y = layer(x)
     assert y.shape == (2, 3, 12)
     assert torch.allclose(y, F.linear(x, layer.weight * layer.mask, layer.bias), atol=1e-6)
-    y.sum().backward()  # x needs no gradient: only the weight's and the bias's are made
-    assert layer.weight.grad is not None and layer.bias.grad is not None and x.grad is None
+    y.sum().backward()  # x needs no gradient: only the weights' and the bias's are made
+    assert all(w.grad is not None for w in layer.weight_blocks) and layer.bias.grad is not None and x.grad is None
 
 
-def test_masked_linear_drops_row_blocks_with_a_new_mask_and_checks_them():
+def test_row_block_layer_stores_only_the_blocks_and_saves_the_full_weight():
+    dense = MaskedLinear(10, 12, mask=staircase_mask(12, 10, strict=False).float())
+    blocks = row_blocks(dense.mask, 4)
+    layer = RowBlockMaskedLinear.from_dense(dense, blocks)
+    assert [tuple(w.shape) for w in layer.weight_blocks] == [(b.end - b.start, b.used) for b in blocks]
+    assert sum(w.numel() for w in layer.parameters()) == sum((b.end - b.start) * b.used for b in blocks) + 12
+    assert torch.equal(layer.masked_weight(), dense.masked_weight())
+    # every weight the mask lets through is kept; what no row of a block sees reads as zero
+    kept = torch.zeros(12, 10, dtype=torch.bool)
+    for b in blocks:
+        kept[b.start:b.end, :b.used] = True
+    assert torch.equal(layer.weight[kept], dense.weight[kept]) and (layer.weight[~kept] == 0).all()
+    state = layer.state_dict()
+    assert sorted(state) == ["bias", "weight"], "checkpoints hold the full weight, whatever the blocks"
+    assert torch.equal(state["weight"], layer.weight)
+    dense_copy = MaskedLinear(10, 12, mask=dense.mask)
+    dense_copy.load_state_dict(state)
+    assert torch.equal(dense_copy.masked_weight(), dense.masked_weight())
+    other = row_block_layer(seed=0, num_blocks=3)  # other blocks of the same mask load it too
+    other.load_state_dict(dense.state_dict())
+    assert torch.equal(other.masked_weight(), dense.masked_weight())
+    with pytest.raises(RuntimeError, match=r"size mismatch for weight: the checkpoint has \(12, 9\)"):
+        other.load_state_dict({"weight": torch.zeros(12, 9), "bias": torch.zeros(12)})
+    with pytest.raises(RuntimeError, match="Missing key"):
+        other.load_state_dict({"bias": torch.zeros(12)})
+
+
+def test_row_block_layer_checks_its_blocks():
     mask = staircase_mask(12, 10, strict=False).float()
-    layer = MaskedLinear(10, 12)
-    layer.set_mask(mask, blocks=row_blocks(mask, 4))
-    assert layer.row_blocks is not None
-    layer.set_mask(torch.ones(12, 10))  # blocks of the old mask would be wrong for this one
-    assert layer.row_blocks is None
-    with pytest.raises(ValueError, match="row blocks cover rows 0..6, the mask has 12"):
-        layer.set_mask(mask, blocks=(RowBlock(0, 6, 3, 5),))
+    dense = MaskedLinear(10, 12, mask=mask)
+    assert dense.row_blocks is None and dense.active_row_blocks() is None
+    with pytest.raises(ValueError, match="row blocks cover rows 0..6 with gaps or overlaps, the mask has 12"):
+        RowBlockMaskedLinear.from_dense(dense, (RowBlock(0, 6, 3, 5),))
+    last = row_blocks(mask, 1)[0]
+    with pytest.raises(ValueError, match=f"ends at column {last.used - 1}, but the mask uses columns past it"):
+        RowBlockMaskedLinear.from_dense(dense, (RowBlock(0, 12, 0, last.used - 1),))
+    with pytest.raises(ValueError, match="mask has shape"):
+        RowBlockMaskedLinear(torch.zeros(12, 10), None, torch.ones(12, 9), row_blocks(mask, 2))
 
 
 # -- MADE: hidden units in order of degree ------------------------------------------------------------
@@ -162,25 +201,37 @@ def _drawn_numbering_state(model) -> dict:
     return state
 
 
+@pytest.mark.parametrize("saved_flag", [None, False], ids=["no-flag", "flag-false"])
 @pytest.mark.parametrize("direct", [False, True], ids=["plain", "direct"])
-def test_made_sorted_units_are_the_drawn_model_relabelled(direct):
-    """A checkpoint saved before units were sorted (no ``hidden_units_sorted``) loads with the
-    degrees as drawn, and gives the same log p(x) as the sorted model it is a relabelling of."""
+def test_made_relabels_a_checkpoint_saved_in_the_drawn_numbering(direct, saved_flag):
+    """A one-mask checkpoint whose units are numbered as drawn (saved before units were sorted:
+    no ``hidden_units_sorted``, or False) loads relabelled, and gives the same log p(x)."""
     D = 6
     sorted_model = randomize(genzoo.build_model("made", (D,), hidden_sizes=[13, 9], direct_connections=direct,
                                                 row_blocks_min_weights=0).double(), seed=3)
     old_state = _drawn_numbering_state(sorted_model)
-    old = genzoo.build_model("made", (D,), hidden_sizes=[13, 9], direct_connections=direct).double()
-    old.load_state_dict(old_state)
-    assert not bool(old.hidden_units_sorted)
-    assert all(layer.row_blocks is None for layer in old.layers)
-    assert torch.equal(old.mask_degrees(0)[1], made_degrees(D, (13, 9), False, seed=0)[1])
+    if saved_flag is not None:
+        old_state["hidden_units_sorted"] = torch.tensor(saved_flag)
+    assert not torch.equal(old_state["layers.0.weight"], sorted_model.state_dict()["layers.0.weight"])
+    untouched = {k: v.clone() for k, v in old_state.items()}
+    model = genzoo.build_model("made", (D,), hidden_sizes=[13, 9], direct_connections=direct,
+                               row_blocks_min_weights=0).double()
+    model.load_state_dict(old_state)
+    assert bool(model.hidden_units_sorted)
+    assert all(isinstance(layer, RowBlockMaskedLinear) for layer in model.masked_layers())
     x = all_binary(D)
-    assert torch.allclose(old.log_prob(x), sorted_model.log_prob(x), rtol=0, atol=1e-10)
-    # and a sorted checkpoint loaded into that model switches it back
-    old.load_state_dict(sorted_model.state_dict())
-    assert bool(old.hidden_units_sorted) and torch.equal(old.layers[0].mask, sorted_model.layers[0].mask)
-    assert torch.allclose(old.log_prob(x), sorted_model.log_prob(x), rtol=0, atol=1e-12)
+    assert torch.allclose(model.log_prob(x), sorted_model.log_prob(x), rtol=0, atol=1e-10)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, sorted_model.state_dict()[key]), key
+    assert all(torch.equal(old_state[k], v) for k, v in untouched.items()), "the caller's tensors are not changed"
+
+
+def test_made_refuses_a_one_mask_checkpoint_for_an_ensemble():
+    one_mask = genzoo.build_model("made", (6,), hidden_sizes=[13])
+    ensemble = genzoo.build_model("made", (6,), hidden_sizes=[13], num_masks=3)
+    with pytest.raises(RuntimeError, match="the checkpoint is a one-mask MADE .*this model has num_masks = 3"):
+        ensemble.load_state_dict(one_mask.state_dict())
+    ensemble.load_state_dict(genzoo.build_model("made", (6,), hidden_sizes=[13], num_masks=3).state_dict())
 
 
 def test_made_initial_weights_are_relabelled_with_the_units():
@@ -190,9 +241,10 @@ def test_made_initial_weights_are_relabelled_with_the_units():
     torch.manual_seed(11)
     unsorted_init = [torch.nn.Linear(8, 12), torch.nn.Linear(12, 8)]  # what MADE's layers drew
     permutation = torch.argsort(made_degrees(8, (12,), False, seed=0)[1], stable=True)
-    assert torch.equal(model.layers[0].weight, unsorted_init[0].weight[permutation])
+    masks = [layer.mask for layer in model.layers]
+    assert torch.equal(model.layers[0].masked_weight(), unsorted_init[0].weight[permutation] * masks[0])
     assert torch.equal(model.layers[0].bias, unsorted_init[0].bias[permutation])
-    assert torch.equal(model.layers[1].weight, unsorted_init[1].weight[:, permutation])
+    assert torch.equal(model.layers[1].masked_weight(), unsorted_init[1].weight[:, permutation] * masks[1])
     assert torch.equal(model.layers[1].bias, unsorted_init[1].bias)
 
 
@@ -206,16 +258,23 @@ def test_made_row_blocks_give_the_dense_log_prob_and_gradients(hp):
     blocked = randomize(genzoo.build_model("made", (D,), row_blocks_min_weights=0, **hp).double(), seed=5)
     dense = genzoo.build_model("made", (D,), row_blocks=0, **hp).double()
     dense.load_state_dict(blocked.state_dict())
-    layers = [*blocked.layers, *([blocked.direct] if blocked.direct is not None else [])]
-    assert all(layer.row_blocks is not None for layer in layers), "the test must exercise every layer's blocks"
-    assert all(layer.row_blocks is None for layer in dense.layers)
+    assert all(isinstance(layer, RowBlockMaskedLinear) for layer in blocked.masked_layers()), \
+        "the test must exercise every layer's blocks"
+    assert all(isinstance(layer, MaskedLinear) and layer.row_blocks is None for layer in dense.masked_layers())
     x = all_binary(D)
     assert torch.allclose(blocked.log_prob(x).exp().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-10)
     assert torch.allclose(blocked.log_prob(x), dense.log_prob(x), rtol=0, atol=1e-10)
     blocked.loss(x).backward()
     dense.loss(x).backward()
-    for (name, p), q in zip(blocked.named_parameters(), dense.parameters()):
-        assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-10), name
+    for i, (stored, full) in enumerate(zip(blocked.masked_layers(), dense.masked_layers())):
+        grad = torch.zeros_like(full.weight)
+        for block, w in zip(stored.row_blocks, stored.weight_blocks):
+            grad[block.start:block.end, :block.used] = w.grad
+        assert torch.allclose(grad, full.weight.grad, rtol=0, atol=1e-10), f"layer {i}"
+        if full.bias is not None:
+            assert torch.allclose(stored.bias.grad, full.bias.grad, rtol=0, atol=1e-10), f"layer {i}"
+    stored_weights = sum(p.numel() for p in blocked.parameters())
+    assert stored_weights < sum(p.numel() for p in dense.parameters()), "the optimizer sees fewer weights"
 
 
 def test_made_row_blocks_only_where_they_save_work():
@@ -232,12 +291,16 @@ def test_made_row_blocks_only_where_they_save_work():
 
 def test_made_inside_another_model_loads_an_older_state():
     """The older-checkpoint rule applies under a prefix too (e.g. a VQ-VAE's MADE prior)."""
-    outer = torch.nn.ModuleDict({"prior": genzoo.build_model("made", (5,), hidden_sizes=[8])})
-    state = {k: v for k, v in outer.state_dict().items() if not k.endswith("hidden_units_sorted")}
+    model = randomize(genzoo.build_model("made", (5,), hidden_sizes=[8], row_blocks_min_weights=0).double(), seed=2)
+    outer = torch.nn.ModuleDict({"prior": model})
+    state = {f"prior.{k}": v for k, v in _drawn_numbering_state(model).items()}
     assert len(state) == len(outer.state_dict()) - 1
-    outer.load_state_dict(state)
-    assert not bool(outer["prior"].hidden_units_sorted)
-    assert torch.equal(outer["prior"].mask_degrees(0)[1], made_degrees(5, (8,), False, seed=0)[1])
+    fresh = torch.nn.ModuleDict({"prior": genzoo.build_model("made", (5,), hidden_sizes=[8],
+                                                             row_blocks_min_weights=0).double()})
+    fresh.load_state_dict(state)
+    assert bool(fresh["prior"].hidden_units_sorted)
+    x = all_binary(5)
+    assert torch.allclose(fresh["prior"].log_prob(x), model.log_prob(x), rtol=0, atol=1e-10)
 
 
 def test_row_blocks_are_used_on_the_cpu_only(monkeypatch):
@@ -248,12 +311,25 @@ def test_row_blocks_are_used_on_the_cpu_only(monkeypatch):
         raise AssertionError("row blocks used")
 
     monkeypatch.setattr(masked, "row_block_linear", refuse)
-    mask = staircase_mask(12, 10, strict=False).float()
-    layer = MaskedLinear(10, 12)
-    layer.set_mask(mask, blocks=row_blocks(mask, 4))
+    layer = row_block_layer()
     with pytest.raises(AssertionError, match="row blocks used"):
         layer(torch.randn(3, 10))
     assert layer.active_row_blocks() is layer.row_blocks
     layer = layer.to("meta")
     assert layer.row_blocks is not None and layer.active_row_blocks() is None
     assert layer(torch.randn(3, 10, device="meta")).shape == (3, 12)
+
+
+def test_row_block_layer_off_the_cpu_gives_the_same_product_and_gradients():
+    """The dense path (M ⊙ W assembled from the blocks) against the blocked one, on the CPU."""
+    layer = row_block_layer(rows=20, cols=16, num_blocks=5).double()
+    x = torch.randn(7, 16, dtype=torch.float64)
+    blocked = layer(x)
+    blocked.square().sum().backward()
+    blocked_grads = [w.grad.clone() for w in layer.weight_blocks]
+    layer.zero_grad()
+    dense = F.linear(x, layer.masked_weight(), layer.bias)
+    dense.square().sum().backward()
+    assert torch.allclose(blocked, dense, rtol=0, atol=1e-12)
+    for got, expected in zip(blocked_grads, layer.weight_blocks):
+        assert torch.allclose(got, expected.grad, rtol=0, atol=1e-12)

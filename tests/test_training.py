@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import genzoo
 import genzoo.training
 from conftest import tiny_run_config
 from genzoo.checkpoint import CheckpointError, load_checkpoint
@@ -94,6 +95,8 @@ RESUME_CASES = [
     pytest.param("made", {"hidden_sizes": [16], "num_masks": 2}, 100, 1, id="made-2masks"),
     pytest.param("made", {"hidden_sizes": [16], "num_masks": 3}, 110, 2, id="made-3masks"),
     pytest.param("nade", {"hidden_size": 8}, 100, 2, id="nade"),
+    pytest.param("made", {"hidden_sizes": [32], "direct_connections": True, "row_blocks_min_weights": 0}, 100, 2,
+                 id="made-row-blocks"),
 ]
 
 
@@ -435,6 +438,30 @@ def test_a_checkpoint_without_epoch_plans_resumes_under_its_saved_total(tmp_path
     del payload["epoch_plans"]
     genzoo.training.save_checkpoint(payload, last)
     assert Trainer.resume(run_dir, epochs=3, progress=False).fit().epoch_plans == [(0, 2), (2, 3)]
+
+
+def test_resume_refuses_optimizer_state_of_other_parameters(tmp_path):
+    """A run saved while MADE kept every weight (its Adam moments full-sized) cannot resume into the
+    row-block layout: a clear error instead of Adam stepping with moments of other shapes."""
+    run_dir = tmp_path / "run"
+    hp = {"hidden_sizes": [32], "row_blocks_min_weights": 0}
+    _fit(tiny_run_config("made", epochs=1, model_hp=hp, lr=0.01), run_dir)
+    last = RunFolder(run_dir).last
+    payload = load_checkpoint(last)
+    dense = genzoo.build_model("made", (64,), hidden_sizes=[32], row_blocks=0)
+    optimizer = torch.optim.Adam(dense.parameters(), lr=0.01)
+    dense.loss(torch.ones(2, 64)).backward()
+    optimizer.step()
+    good = payload["optimizer"]
+    payload["optimizer"] = optimizer.state_dict()
+    genzoo.training.save_checkpoint(payload, last)
+    with pytest.raises(ValueError, match=r"optimizer state does not fit this model \(it has 4 parameters, the model 18\)"):
+        Trainer.resume(run_dir, epochs=2, progress=False).fit()
+    good["state"][0]["exp_avg"] = torch.zeros(3, 3)
+    payload["optimizer"] = good
+    genzoo.training.save_checkpoint(payload, last)
+    with pytest.raises(ValueError, match=r"parameter 0 has shape \(32,\), its saved state \(3, 3\)"):
+        Trainer.resume(run_dir, epochs=2, progress=False).fit()
 
 
 def test_a_checkpoint_from_the_old_cosine_scheduler_resumes(tmp_path):

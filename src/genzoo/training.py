@@ -147,6 +147,29 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Restore a checkpoint's optimizer state, refusing one whose parameters are not this model's:
+    torch checks only how many there are, and Adam would then step with moments of other shapes."""
+    problem = None
+    saved_groups = state.get("param_groups", [])
+    if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        problem = (f"it has {sum(len(g['params']) for g in saved_groups)} parameters, "
+                   f"the model {sum(len(g['params']) for g in optimizer.param_groups)}")
+    else:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        saved_ids = [i for group in saved_groups for i in group["params"]]
+        for index, (param, saved_id) in enumerate(zip(params, saved_ids)):
+            moments = state.get("state", {}).get(saved_id, {})
+            shapes = {tuple(v.shape) for v in moments.values() if isinstance(v, torch.Tensor) and v.dim() > 0}
+            if shapes and shapes != {tuple(param.shape)}:
+                problem = f"parameter {index} has shape {tuple(param.shape)}, its saved state {sorted(shapes)[0]}"
+                break
+    if problem is not None:
+        raise ValueError(f"the checkpoint's optimizer state does not fit this model ({problem}): it was saved by "
+                         f"another genzoo version or model layout; evaluate or sample from the run, or train anew")
+    optimizer.load_state_dict(state)
+
+
 def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, state: dict[str, Any]) -> None:
     """Restore a checkpoint's scheduler state, including one saved by CosineAnnealingLR (the cosine
     schedule before it became a LambdaLR): the epoch count carries over, the schedule is the config's."""
@@ -270,7 +293,7 @@ class Trainer:
         if self._resume_payload is not None:
             payload = self._resume_payload
             model.load_state_dict(payload["model"])
-            optimizer.load_state_dict(payload["optimizer"])
+            load_optimizer_state(optimizer, payload["optimizer"])
             load_scheduler_state(scheduler, payload["scheduler"])
             data_order.set_state(payload["rng"]["data_order"])
             torch.set_rng_state(payload["rng"]["torch"])

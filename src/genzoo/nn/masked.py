@@ -4,12 +4,15 @@ The mask multiplies the weight inside the forward pass (never ``weight.data *= m
 entries get zero gradient and the parameter itself stays untouched.
 
 Row blocks. An autoregressive mask whose units are sorted by degree is a staircase: about half of
-it is zeros, in whole blocks. Given row blocks (``row_blocks``), the layer multiplies only what
-each block of rows can see — the columns every row sees, as they are, and a narrow band of
-columns some rows see, masked — and skips the rest. The result is the same product; for a
-784-8000-784 MADE it does 56% of the dense multiply-adds and masks about 1/8 of the weight.
-Row blocks are used on the CPU only, where they were measured (1.3-1.7x a MADE step): on a GPU
-a dense product of this size costs little more than the launches the blocks would add.
+it is zeros, in whole blocks. ``RowBlockMaskedLinear`` splits the rows into blocks and stores, as
+its parameters, only what each block can see: W[rows, :used], where the columns from ``used`` on
+are masked in every row of the block. It multiplies only those — the columns every row sees as
+they are, and a narrow band of columns some rows see, masked — so for a 784-8000-784 MADE it does
+56% of the dense multiply-adds, and the optimizer updates 56% of the weights instead of all of
+them (Adam's state never covers a weight the mask removes). Its state dict holds the full
+``weight`` (zeros where no row of a block looks), so checkpoints do not depend on the blocks.
+The blocked products run on the CPU only, where they were measured; on a GPU the layer assembles
+M ⊙ W and takes one dense product, which costs little more than the launches the blocks would add.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-__all__ = ["MaskedLinear", "RowBlock", "row_blocks", "row_blocks_fraction", "row_block_linear"]
+__all__ = ["MaskedLinear", "RowBlock", "RowBlockMaskedLinear", "row_blocks", "row_blocks_fraction",
+           "row_block_linear"]
 
 
 @dataclass(frozen=True)
@@ -67,92 +71,173 @@ def _column_split(block: RowBlock) -> tuple[int, int]:
 
 
 class _RowBlockLinear(torch.autograd.Function):
-    """y = x (M ⊙ W)ᵀ + b, block by block, with the gradients of x, W and b."""
+    """y = x (M ⊙ W)ᵀ + b from each block's W[rows, :used] and M[rows, :used], with the
+    gradients of x, of each block's weights and of b."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mask, blocks):
+    def forward(ctx, x, bias, block_masks, blocks, *block_weights):
         splits = [_column_split(b) for b in blocks]
-        bands = [weight[b.start:b.end, full:used] * mask[b.start:b.end, full:used]
-                 for b, (full, used) in zip(blocks, splits)]
+        bands = [w[:, full:used] * m[:, full:used] for w, m, (full, used) in zip(block_weights, block_masks, splits)]
         outputs = []
-        for block, (full, used), band in zip(blocks, splits, bands):
+        for block, (full, used), w, band in zip(blocks, splits, block_weights, bands):
             rows = slice(block.start, block.end)
             y = bias[rows].expand(len(x), -1) if bias is not None else x.new_zeros(len(x), block.end - block.start)
-            for inputs, w in ((x[:, :full], weight[rows, :full]), (x[:, full:used], band)):
-                if w.shape[1]:
-                    y = torch.addmm(y, inputs, w.t())
+            for inputs, part in ((x[:, :full], w[:, :full]), (x[:, full:used], band)):
+                if part.shape[1]:
+                    y = torch.addmm(y, inputs, part.t())
             outputs.append(y)
-        ctx.save_for_backward(x, weight, mask)
-        ctx.blocks, ctx.splits, ctx.bands, ctx.has_bias = blocks, splits, bands, bias is not None
+        ctx.save_for_backward(x, *block_weights)
+        ctx.blocks, ctx.splits, ctx.bands, ctx.block_masks, ctx.has_bias = blocks, splits, bands, block_masks, bias is not None
         return torch.cat(outputs, dim=1)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        x, weight, mask = ctx.saved_tensors
-        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        x, *block_weights = ctx.saved_tensors
+        needs_x, needs_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = torch.zeros_like(x) if needs_x else None
-        grad_weight = torch.empty_like(weight) if needs_weight else None
-        for block, (full, used), band in zip(ctx.blocks, ctx.splits, ctx.bands):
-            rows = slice(block.start, block.end)
-            g = grad_out[:, rows]
+        grad_weights = []
+        for i, (block, (full, used), w, band, m) in enumerate(
+                zip(ctx.blocks, ctx.splits, block_weights, ctx.bands, ctx.block_masks)):
+            g = grad_out[:, block.start:block.end]
             if needs_x:
                 if full:
-                    grad_x[:, :full].addmm_(g, weight[rows, :full])
+                    grad_x[:, :full].addmm_(g, w[:, :full])
                 if used > full:
                     grad_x[:, full:used].addmm_(g, band)
-            if needs_weight:
-                # beta=0: the uninitialised memory is overwritten, never read
-                if full:
-                    grad_weight[rows, :full].addmm_(g.t(), x[:, :full], beta=0)
-                if used > full:
-                    grad_band = grad_weight[rows, full:used]
-                    grad_band.addmm_(g.t(), x[:, full:used], beta=0)
-                    grad_band.mul_(mask[rows, full:used])
-                grad_weight[rows, used:].zero_()
+            if not ctx.needs_input_grad[4 + i]:
+                grad_weights.append(None)
+                continue
+            grad_w = torch.mm(g.t(), x[:, :used])  # every column of it is used, none wasted
+            if used > full:
+                grad_w[:, full:].mul_(m[:, full:used])
+            grad_weights.append(grad_w)
         grad_bias = grad_out.sum(dim=0) if ctx.has_bias and needs_bias else None
-        return grad_x, grad_weight, grad_bias, None, None
+        return (grad_x, grad_bias, None, None, *grad_weights)
 
 
-def row_block_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
-                     blocks: tuple[RowBlock, ...]) -> torch.Tensor:
-    """``F.linear(x, weight * mask, bias)`` computed over the row blocks of ``mask`` only."""
+def row_block_linear(x: torch.Tensor, block_weights: list[torch.Tensor], bias: torch.Tensor | None,
+                     block_masks: list[torch.Tensor], blocks: tuple[RowBlock, ...]) -> torch.Tensor:
+    """``F.linear(x, M ⊙ W, bias)`` from the row blocks' weights W[rows, :used] and masks
+    M[rows, :used] only."""
     flat = x.reshape(-1, x.shape[-1])
-    return _RowBlockLinear.apply(flat, weight, bias, mask, blocks).reshape(*x.shape[:-1], weight.shape[0])
+    out_features = blocks[-1].end
+    return _RowBlockLinear.apply(flat, bias, tuple(block_masks), blocks, *block_weights).reshape(
+        *x.shape[:-1], out_features)
+
+
+def check_row_blocks(blocks: tuple[RowBlock, ...], mask: torch.Tensor) -> None:
+    """Refuse blocks that do not tile the rows of ``mask`` or that drop a column it uses."""
+    ends = [b.start for b in blocks[1:]]
+    if blocks[0].start != 0 or blocks[-1].end != mask.shape[0] or ends != [b.end for b in blocks[:-1]]:
+        raise ValueError(f"row blocks cover rows {blocks[0].start}..{blocks[-1].end} with gaps or overlaps, "
+                         f"the mask has {mask.shape[0]}")
+    for b in blocks:
+        if (mask[b.start:b.end, b.used:] != 0).any():
+            raise ValueError(f"row block {b.start}..{b.end} ends at column {b.used}, but the mask uses columns past it")
 
 
 class MaskedLinear(nn.Linear):
+    """The dense masked layer: every weight is a parameter, and the mask may change (K masks take
+    turns in a MADE ensemble)."""
+
+    #: the dense layer multiplies every block (see ``RowBlockMaskedLinear``)
+    row_blocks = None
+
     def __init__(self, in_features: int, out_features: int, mask: torch.Tensor | None = None, bias: bool = True):
         super().__init__(in_features, out_features, bias=bias)
         self.register_buffer("mask", torch.ones(out_features, in_features), persistent=False)
-        #: row blocks of the mask (see ``row_blocks``), or None for the dense masked product
-        self.row_blocks: tuple[RowBlock, ...] | None = None
         if mask is not None:
             self.set_mask(mask)
 
-    def set_mask(self, mask: torch.Tensor, copy: bool = True, blocks: tuple[RowBlock, ...] | None = None) -> None:
+    def set_mask(self, mask: torch.Tensor, copy: bool = True) -> None:
         """Use ``mask`` from now on; ``copy=False`` adopts it as is (the caller gives up a fresh
-        tensor, saving a copy when masks change at every step). ``blocks`` are the mask's row
-        blocks (``row_blocks(mask, n)``), to skip its all-zero blocks; without them the product is
-        dense."""
+        tensor, saving a copy when masks change at every step)."""
         if mask.shape != self.weight.shape:
             raise ValueError(f"mask has shape {tuple(mask.shape)}, weight has {tuple(self.weight.shape)}")
-        if blocks is not None and (blocks[0].start != 0 or blocks[-1].end != mask.shape[0]):
-            raise ValueError(f"row blocks cover rows {blocks[0].start}..{blocks[-1].end}, the mask has {mask.shape[0]}")
         # A new tensor, not copy_(): a graph built under the previous mask still needs that mask.
         converted = mask.to(self.mask.device, self.mask.dtype)
         self.mask = converted.clone() if copy and converted is mask else converted
-        self.row_blocks = blocks
 
     def masked_weight(self) -> torch.Tensor:
         return self.weight * self.mask
 
     def active_row_blocks(self) -> tuple[RowBlock, ...] | None:
-        """The row blocks the forward pass uses: none off the CPU (see the module docstring)."""
-        return self.row_blocks if self.weight.device.type == "cpu" else None
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        blocks = self.active_row_blocks()
-        if blocks is None:
+        return F.linear(x, self.masked_weight(), self.bias)
+
+
+class RowBlockMaskedLinear(nn.Module):
+    """y = x (M ⊙ W)ᵀ + b for a fixed mask M, with only each row block's W[rows, :used] stored
+    (``weight_blocks``; see the module docstring). ``weight`` is the full matrix, assembled."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
+                 blocks: tuple[RowBlock, ...]):
+        super().__init__()
+        if mask.shape != weight.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, weight has {tuple(weight.shape)}")
+        check_row_blocks(blocks, mask)
+        self.out_features, self.in_features = weight.shape
+        self.row_blocks = blocks
+        self.weight_blocks = nn.ParameterList(
+            nn.Parameter(weight.detach()[b.start:b.end, :b.used].clone()) for b in blocks)
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+        mask = mask.to(weight.dtype)
+        self.register_buffer("mask", mask.clone(), persistent=False)
+        for i, b in enumerate(blocks):
+            self.register_buffer(f"block_mask_{i}", mask[b.start:b.end, :b.used].clone(), persistent=False)
+        self.register_state_dict_post_hook(RowBlockMaskedLinear._save_full_weight)
+        self.register_load_state_dict_pre_hook(RowBlockMaskedLinear._load_full_weight)
+
+    @classmethod
+    def from_dense(cls, layer: MaskedLinear, blocks: tuple[RowBlock, ...]) -> "RowBlockMaskedLinear":
+        """The same layer (its weights, bias and mask) stored by row block."""
+        return cls(layer.weight, layer.bias, layer.mask, blocks)
+
+    def block_masks(self) -> list[torch.Tensor]:
+        return [getattr(self, f"block_mask_{i}") for i in range(len(self.row_blocks))]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The full weight matrix: each block's stored columns, zeros after them."""
+        return torch.cat([F.pad(w, (0, self.in_features - b.used)) for w, b in zip(self.weight_blocks, self.row_blocks)])
+
+    def masked_weight(self) -> torch.Tensor:
+        return torch.cat([F.pad(w * m, (0, self.in_features - b.used))
+                          for w, m, b in zip(self.weight_blocks, self.block_masks(), self.row_blocks)])
+
+    def active_row_blocks(self) -> tuple[RowBlock, ...] | None:
+        """The row blocks the forward pass multiplies: none off the CPU (see the module docstring)."""
+        return self.row_blocks if self.mask.device.type == "cpu" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.active_row_blocks() is None:
             return F.linear(x, self.masked_weight(), self.bias)
-        return row_block_linear(x, self.weight, self.bias, self.mask, blocks)
+        return row_block_linear(x, list(self.weight_blocks), self.bias, self.block_masks(), self.row_blocks)
+
+    def extra_repr(self) -> str:
+        stored = sum(w.numel() for w in self.weight_blocks)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"row_blocks={len(self.row_blocks)}, stored_weights={stored / (self.in_features * self.out_features):.0%}")
+
+    @staticmethod
+    def _save_full_weight(module: "RowBlockMaskedLinear", state_dict, prefix, local_metadata) -> None:
+        for i in range(len(module.row_blocks)):
+            del state_dict[f"{prefix}weight_blocks.{i}"]
+        state_dict[prefix + "weight"] = module.weight.detach()
+
+    @staticmethod
+    def _load_full_weight(module: "RowBlockMaskedLinear", state_dict, prefix, local_metadata, strict,
+                          missing_keys, unexpected_keys, error_msgs) -> None:
+        weight = state_dict.pop(prefix + "weight", None)
+        if weight is None:
+            return  # reported as missing weight_blocks by load_state_dict itself
+        expected = (module.out_features, module.in_features)
+        if tuple(weight.shape) != expected:
+            error_msgs.append(f"size mismatch for {prefix}weight: the checkpoint has {tuple(weight.shape)}, "
+                              f"the model {expected}")
+            return
+        for i, b in enumerate(module.row_blocks):
+            state_dict[f"{prefix}weight_blocks.{i}"] = weight[b.start:b.end, :b.used]

@@ -20,8 +20,9 @@ ordering. Evaluation averages the K models' probabilities, an exact mixture like
     p(x) = (1/K) Σ_k p_k(x).
 
 With one mask the hidden units are numbered in order of degree (a relabelling of units, which
-changes nothing about the model), so that every mask is a staircase: the layers then multiply
-only its non-zero blocks (``genzoo.nn.masked``), about 56% of the dense products at 784-8000-784.
+changes nothing about the model), so that every mask is a staircase: the layers then store and
+multiply only its non-zero row blocks (``genzoo.nn.RowBlockMaskedLinear``), about 56% of the
+weights and of the dense products at 784-8000-784.
 
 Sampling computes each hidden unit once, when the inputs it depends on are known: after x with
 degree t is drawn, the units of degree t are computed and the next output needs nothing else, so
@@ -41,7 +42,7 @@ from torch.nn import functional as F
 from genzoo.config import require
 from genzoo.models.autoregressive.base import BernoulliAutoregressive
 from genzoo.models.base import register_model
-from genzoo.nn import MaskedLinear, RowBlock, row_blocks, row_blocks_fraction
+from genzoo.nn import MaskedLinear, RowBlockMaskedLinear, row_blocks, row_blocks_fraction
 
 __all__ = ["MADE", "MADEConfig", "made_degrees", "made_masks", "made_direct_mask"]
 
@@ -57,9 +58,9 @@ class MADEConfig:
     #: direct input-to-output connections (masked like an FVSBN), as in the paper's MNIST runs
     direct_connections: bool = False
     #: with one mask, each layer of at least ``row_blocks_min_weights`` weights splits its rows
-    #: into this many blocks and multiplies only what each block's mask lets through (the same
-    #: results, fewer operations; on the CPU only); 0 keeps every product dense. The masks of a
-    #: K > 1 ensemble are not staircases and stay dense.
+    #: into this many blocks and stores and multiplies only what each block's mask lets through
+    #: (the same model, with fewer weights for Adam to update and, on the CPU, fewer operations);
+    #: 0 keeps every layer dense. The masks of a K > 1 ensemble are not staircases and stay dense.
     row_blocks: int = 8
     row_blocks_min_weights: int = 1 << 18
 
@@ -125,7 +126,7 @@ class MADE(BernoulliAutoregressive):
         self.config = config or MADEConfig()
         sizes = (self.num_dims, *self.config.hidden_sizes, self.num_dims)
         self.layers = nn.ModuleList(MaskedLinear(n_in, n_out) for n_in, n_out in zip(sizes[:-1], sizes[1:]))
-        self.direct: MaskedLinear | None = None
+        self.direct: MaskedLinear | RowBlockMaskedLinear | None = None
         if self.config.direct_connections:
             self.direct = MaskedLinear(self.num_dims, self.num_dims, bias=False)
             nn.init.zeros_(self.direct.weight)  # starts as the plain MADE; the data grows the FVSBN part
@@ -135,38 +136,64 @@ class MADE(BernoulliAutoregressive):
         # tensor waits for every queued kernel, which at each step would stall the GPU.
         self._training_step_on_host: int | None = None
         # With one mask, hidden units are numbered in order of degree (see the module docstring);
-        # the initial weights are relabelled with them, so that the model is the one drawn. A
-        # buffer, so that a checkpoint saved before units were sorted loads with its own degrees.
-        self.register_buffer("hidden_units_sorted", torch.tensor(self.config.num_masks == 1))
-        self._hidden_units_sorted = self.config.num_masks == 1
-        if self._hidden_units_sorted:
+        # the initial weights are relabelled with them, so that the model is the one drawn. Saved,
+        # so that a checkpoint written before units were sorted is relabelled when it loads.
+        self.register_buffer("hidden_units_sorted", torch.tensor(self.sorts_hidden_units))
+        if self.sorts_hidden_units:
             self._relabel_initial_hidden_units()
-        self.register_load_state_dict_pre_hook(MADE._older_checkpoints_keep_drawn_degrees)
+        self.register_load_state_dict_pre_hook(MADE._relabel_checkpoints_in_drawn_numbering)
         self.register_load_state_dict_post_hook(MADE._sync_host_state_after_load)
         self._degrees_on_device: dict[int, list[torch.Tensor]] = {}
-        self._row_blocks: list[tuple[RowBlock, ...] | None] | None = None
         self._active_mask = -1
         self.use_mask(0)
+        self._store_staircase_layers_by_row_blocks()
+
+    @property
+    def sorts_hidden_units(self) -> bool:
+        """With one mask, hidden units are numbered in order of degree; K masks keep their draws."""
+        return self.config.num_masks == 1
+
+    def masked_layers(self) -> list[MaskedLinear | RowBlockMaskedLinear]:
+        """Every masked layer, the direct connections last."""
+        return [*self.layers, *([self.direct] if self.direct is not None else [])]
 
     @staticmethod
-    def _older_checkpoints_keep_drawn_degrees(module: "MADE", state_dict, prefix, *args) -> None:
-        state_dict.setdefault(prefix + "hidden_units_sorted", torch.tensor(False))
+    @torch.no_grad()
+    def _relabel_checkpoints_in_drawn_numbering(self: "MADE", state_dict, prefix, local_metadata, strict,
+                                                missing_keys, unexpected_keys, error_msgs) -> None:
+        """A one-mask checkpoint saved before hidden units were sorted numbers them as drawn:
+        relabel its weights into this model's numbering (the same model, units renamed)."""
+        key = prefix + "hidden_units_sorted"
+        saved_sorted = bool(state_dict.get(key, torch.tensor(False)))
+        if saved_sorted and not self.sorts_hidden_units:
+            error_msgs.append(f"{key}: the checkpoint is a one-mask MADE (hidden units sorted by degree), "
+                              f"this model has num_masks = {self.config.num_masks}")
+        if saved_sorted or not self.sorts_hidden_units:
+            state_dict.setdefault(key, torch.tensor(saved_sorted))
+            return
+        cfg = self.config
+        drawn = made_degrees(self.num_dims, cfg.hidden_sizes, cfg.order_agnostic, seed=self._degree_seed(0))
+        previous = None
+        for i, degrees in enumerate([*drawn[1:], None]):
+            weight_key, bias_key = f"{prefix}layers.{i}.weight", f"{prefix}layers.{i}.bias"
+            if weight_key not in state_dict or bias_key not in state_dict:
+                break  # load_state_dict reports the missing keys
+            if previous is not None:
+                state_dict[weight_key] = state_dict[weight_key][:, previous]
+            if degrees is not None:
+                previous = torch.argsort(degrees, stable=True)
+                state_dict[weight_key] = state_dict[weight_key][previous]
+                state_dict[bias_key] = state_dict[bias_key][previous]
+        state_dict[key] = torch.tensor(True)
 
     @staticmethod
     def _sync_host_state_after_load(module: "MADE", incompatible_keys) -> None:
         module._training_step_on_host = None
-        sorted_units = bool(module.hidden_units_sorted)
-        if sorted_units != module._hidden_units_sorted:
-            module._hidden_units_sorted = sorted_units
-            module._degrees_on_device.clear()
-            module._row_blocks = None
-            module._active_mask = -1
-            module.use_mask(0)
 
     def mask_degrees(self, k: int) -> list[torch.Tensor]:
         cfg = self.config
         return made_degrees(self.num_dims, cfg.hidden_sizes, cfg.order_agnostic, seed=self._degree_seed(k),
-                            sort_hidden=self._hidden_units_sorted)
+                            sort_hidden=self.sorts_hidden_units)
 
     def _degree_seed(self, k: int) -> int:
         return self.config.mask_seed * 100_003 + k
@@ -185,23 +212,22 @@ class MADE(BernoulliAutoregressive):
                 layer.weight.copy_(layer.weight[previous])
                 layer.bias.copy_(layer.bias[previous])
 
-    def _layer_row_blocks(self) -> list[tuple[RowBlock, ...] | None]:
-        """Row blocks of each layer's mask (direct connections last), None where the dense product
-        is faster (every layer, unless units are sorted); computed once, on the host."""
-        if not self._hidden_units_sorted:
-            return [None] * (len(self.layers) + (self.direct is not None))
-        if self._row_blocks is None:
-            degrees = self.mask_degrees(0)
-            masks = made_masks(degrees) + ([made_direct_mask(degrees)] if self.direct is not None else [])
-            self._row_blocks = []
-            for mask in masks:
-                blocks = None
-                if self.config.row_blocks and mask.numel() >= self.config.row_blocks_min_weights:
-                    blocks = row_blocks(mask, self.config.row_blocks)
-                    if row_blocks_fraction(blocks, tuple(mask.shape)) > self.ROW_BLOCKS_MAX_FRACTION:
-                        blocks = None
-                self._row_blocks.append(blocks)
-        return self._row_blocks
+    def _store_staircase_layers_by_row_blocks(self) -> None:
+        """With units sorted, a layer big enough whose mask's row blocks skip enough of it stores
+        and multiplies only those blocks (``RowBlockMaskedLinear``); the others stay dense."""
+        if not self.sorts_hidden_units or not self.config.row_blocks:
+            return
+        for i, layer in enumerate(self.masked_layers()):
+            if layer.mask.numel() < self.config.row_blocks_min_weights:
+                continue
+            blocks = row_blocks(layer.mask, self.config.row_blocks)
+            if row_blocks_fraction(blocks, tuple(layer.mask.shape)) > self.ROW_BLOCKS_MAX_FRACTION:
+                continue
+            stored = RowBlockMaskedLinear.from_dense(layer, blocks)
+            if i < len(self.layers):
+                self.layers[i] = stored
+            else:
+                self.direct = stored
 
     def use_mask(self, k: int) -> None:
         if k == self._active_mask:
@@ -209,17 +235,16 @@ class MADE(BernoulliAutoregressive):
         # Built where the weights live: a 8000×8000 layer's mask is 256 MB, which a GPU would
         # otherwise receive from the host at every training step.
         degrees = self._device_degrees(k)
-        blocks = self._layer_row_blocks()
-        for layer, mask, layer_blocks in zip(self.layers, made_masks(degrees), blocks):
-            layer.set_mask(mask, copy=False, blocks=layer_blocks)
-        if self.direct is not None:
-            self.direct.set_mask(made_direct_mask(degrees), copy=False, blocks=blocks[-1])
+        masks = made_masks(degrees) + ([made_direct_mask(degrees)] if self.direct is not None else [])
+        for layer, mask in zip(self.masked_layers(), masks):
+            if isinstance(layer, MaskedLinear):  # a layer stored by row blocks keeps mask 0, the only one
+                layer.set_mask(mask, copy=False)
         self._active_mask = k
 
     def _device_degrees(self, k: int) -> list[torch.Tensor]:
         """Mask k's degrees on the weights' device, copied there once: a blocking copy from the host
         at each switch of mask would make a GPU finish its queue first."""
-        device = self.layers[0].weight.device
+        device = self.training_step.device
         degrees = self._degrees_on_device.get(k)
         if degrees is None or degrees[0].device != device:
             degrees = [d.to(device) for d in self.mask_degrees(k)]

@@ -1,6 +1,7 @@
-"""Train and evaluate FVSBN, NADE and MADE on binarized MNIST under both protocols
-(see ../shared/PROTOCOLS.md): static (the fixed binarization) and dynamic (a fresh Bernoulli
-draw of 8-bit MNIST each epoch, test on one seeded draw).
+"""Train and evaluate any model that has a config here (FVSBN, NADE, MADE, the VAEs, ...) on
+binarized MNIST under both protocols (see ../shared/PROTOCOLS.md): static (the fixed
+binarization) and dynamic (a fresh Bernoulli draw of 8-bit MNIST each epoch, test on one seeded
+draw).
 
     python benchmarks/binarized_mnist.py --models fvsbn nade made made-ensemble \
         --protocols static dynamic --max-seconds 600 [--device auto] [--data-dir DIR]

@@ -81,13 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="test NLL of a trained run", description="Evaluate a run's checkpoint: NLL in nats and bits/dim.")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev_source = ev.add_mutually_exclusive_group()
+    ev_source.add_argument("--split", default="test", choices=["train", "valid", "test"],
+                           help="data split of the run's data set (default: test)")
+    ev_source.add_argument("--input", type=Path, metavar="FILE",
+                           help="score every example of this .npy, .csv or single-array .npz file instead of a split "
+                                "(checked like a --data file); the record goes to RUN_DIR/eval_input-NAME.json")
     ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ev.add_argument("--batch-size", type=int, default=500)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
-    ev.add_argument("--input", type=Path, metavar="FILE",
-                    help="score every example of this .npy, .csv or single-array .npz file instead of a split "
-                         "(checked like a --data file); the record goes to RUN_DIR/eval_input-NAME.json")
     ev.add_argument("--scores", type=Path, metavar="OUT.npy|OUT.csv",
                     help="also write each example's log p(x) in nats, in input order (a lower bound on it for "
                          "models whose likelihood is lower_bound); .csv adds the NLL in bits/dim")
@@ -112,8 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(sample)
 
-    def add_split_input(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="data split of the run's data set (default: test)")
+    def add_split_input(p: argparse.ArgumentParser, input_help: str | None = None) -> None:
+        """--split (and, given its help, --input FILE instead of it), --checkpoint and --batch-size."""
+        source = p.add_mutually_exclusive_group()
+        source.add_argument("--split", default="test", choices=["train", "valid", "test"], help="data split of the run's data set (default: test)")
+        if input_help:
+            source.add_argument("--input", type=Path, metavar="FILE", help=input_help)
         p.add_argument("--checkpoint", default="best", choices=["best", "last"])
         p.add_argument("--batch-size", type=int, default=500)
 
@@ -121,9 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Encode a split (or --input FILE) with a latent-variable model (vae, iwae, "
                                              "gumbel-vae, vqvae): VAE posterior means, or category/code indices.")
     encode.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    add_split_input(encode)
-    encode.add_argument("--input", type=Path, metavar="FILE",
-                        help="encode the examples of this .npy, .csv or single-array .npz file instead of --split")
+    add_split_input(encode, input_help="encode the examples of this .npy, .csv or single-array .npz file instead of --split")
     encode.add_argument("--out", type=Path, required=True, metavar="Z.npy", help="where the latents go")
     add_common(encode)
 
@@ -405,9 +409,13 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
 
 def _cmd_list(args: argparse.Namespace) -> None:
     print("models:")
-    print(f"  {'name':16s} {'family':15s} {'log_prob':12s} model")
-    for info in map(model_info, list_models()):
-        print(f"  {info.name:16s} {info.family:15s} {info.likelihood:12s} {info.title}")
+    print(f"  {'name':16s} {'family':15s} {'log_prob':13s} model")
+    infos = [model_info(name) for name in list_models()]
+    for info in infos:
+        kind = info.likelihood + ("*" if info.likelihood_on_real_data != info.likelihood else "")
+        print(f"  {info.name:16s} {info.family:15s} {kind:13s} {info.title}")
+    if any(info.likelihood_on_real_data != info.likelihood for info in infos):
+        print("  * on binary and 8-bit data (every data set below): a dequantization bound; exact on real-valued data")
     print("data sets:")
     for info in DATASETS.values():
         shape = "x".join(map(str, info.data_shape))

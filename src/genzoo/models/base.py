@@ -38,6 +38,9 @@ class GenerativeModel(nn.Module):
     ``_log_prob`` on flat, validated input and ``sample``."""
 
     likelihood: ClassVar[Likelihood] = "exact"
+    #: what ``log_prob`` returns on binary or 8-bit data where that differs from ``likelihood``
+    #: (a flow's exact density becomes a dequantization bound there); None where it does not
+    likelihood_on_discrete_data: ClassVar[Likelihood | None] = None
     #: the values a data point may take: "binary" ({0, 1}), "grayscale" (integers 0..255) or
     #: "real"; a model whose config has a ``data_kind`` field sets it per instance, and the
     #: trainer fills that field in from the data set's kind unless the config sets it
@@ -228,8 +231,9 @@ class ModelInfo:
 
     name: str
     family: str  #: the models/ folder it lives in: autoregressive, latent, flows, …
-    likelihood: str  #: what its log_prob returns: "exact", "lower_bound" or "none"
+    likelihood: str  #: what its log_prob returns on binary and 8-bit data (every built-in data set)
     title: str  #: the model's name as its module's docstring opens, without the reference
+    likelihood_on_real_data: str  #: what its log_prob returns on real-valued data, where it accepts them
 
 
 def model_info(name: str) -> ModelInfo:
@@ -239,7 +243,8 @@ def model_info(name: str) -> ModelInfo:
     module = sys.modules[cls.__module__]
     first_line = (module.__doc__ or name).strip().splitlines()[0]
     title = first_line.split(" (")[0].rstrip(" .,:;")
-    return ModelInfo(name, cls.__module__.split(".")[-2], str(cls.likelihood), title)
+    on_discrete = cls.likelihood_on_discrete_data or cls.likelihood
+    return ModelInfo(name, cls.__module__.split(".")[-2], str(on_discrete), title, str(cls.likelihood))
 
 
 def config_as_dict(config: Any) -> dict[str, Any]:

@@ -97,6 +97,7 @@ class FlowModel(GenerativeModel):
     """
 
     likelihood = "exact"
+    likelihood_on_discrete_data = "lower_bound"
     support = "real"
 
     def __init__(self, data_shape: tuple[int, ...], config: FlowConfig):

@@ -150,7 +150,7 @@ def test_eval_input_scores_each_example_of_a_users_file(trained_run, tmp_path, c
         assert np.allclose(table[:, 1], -table[:, 0] / (64 * math.log(2)), atol=1e-5)
         written = table[:, 0]
     assert written.shape == (7,) and np.allclose(written, expected, atol=1e-5), "scores in input order"
-    record = json.loads((trained_run / "eval_input-mine.json").read_text())
+    record = json.loads((trained_run / f"eval_input-{path.name}.json").read_text())
     assert record["input"] == str(path) and record["num_examples"] == 7 and record["split"] == path.name
     assert record["nll_nats"] == pytest.approx(-expected.mean(), rel=1e-6)
 
@@ -185,7 +185,7 @@ def test_eval_input_refuses_a_file_that_does_not_fit_the_model(trained_run, tmp_
     assert "expected a single array" in _error_line(capsys)
     assert main(["eval", str(trained_run), "--input", str(path), "--scores", str(tmp_path / "s.txt")]) == 2
     assert "use a .npy or .csv file" in _error_line(capsys)
-    assert not (trained_run / "eval_input-eight_bit.json").exists()
+    assert not (trained_run / "eval_input-eight_bit.npy.json").exists()
 
 
 def test_load_model_gives_the_runs_trained_model_in_eval_mode(trained_run, tmp_path):
@@ -442,6 +442,97 @@ def test_a_failing_overwrite_keeps_the_old_run(run_copy, capsys):
     assert "unknown key 'hiden_sizes'" in _error_line(capsys)
     assert run.last.is_file() and run.last.read_bytes() == before
     assert len(run.read_metrics()) == 2
+
+
+def test_eval_input_records_of_two_files_with_one_stem_both_stay(trained_run, tmp_path):
+    npy, _ = _digits_test_file(tmp_path, ".npy")
+    csv, _ = _digits_test_file(tmp_path, ".csv")
+    assert npy.stem == csv.stem
+    for path in (npy, csv):
+        assert main(["eval", str(trained_run), "--input", str(path), "--quiet"]) == 0
+    for path in (npy, csv):
+        assert json.loads((trained_run / f"eval_input-{path.name}.json").read_text())["input"] == str(path)
+
+
+@pytest.mark.parametrize("model, options, message", [
+    ("fvsbn", [], "holds a 'made' run, not 'fvsbn'"),
+    ("made", ["--data", "mnist5k"], "--data cannot change it"),
+    ("made", ["--lr", "0.5", "--batch-size", "7"], "--batch-size, --lr cannot change it"),
+    ("made", ["-p", "hidden_sizes=[7]"], "-p cannot change it"),
+    ("made", ["--config", "configs/nade.toml"], "--config cannot change it"),
+    ("made", ["--seed", "3", "--binarization", "dynamic"], "--binarization, --seed cannot change it"),
+])
+def test_resume_refuses_what_it_would_ignore(run_copy, capsys, model, options, message):
+    before = RunFolder(run_copy).last.read_bytes()
+    assert main(["train", model, "--out", str(run_copy), "--resume", "--epochs", "3", *options]) == 2
+    assert message in _error_line(capsys)
+    assert RunFolder(run_copy).last.read_bytes() == before
+
+
+def test_resume_takes_a_new_time_budget(run_copy, capsys):
+    assert main(["train", "made", "--out", str(run_copy), "--resume", "--epochs", "3", "--max-seconds", "1000",
+                 "--quiet"]) == 0
+    assert [r["epoch"] for r in RunFolder(run_copy).read_metrics()] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("param, options", [
+    ("data.name=nosuch", ["--data", "digits"]),
+    ("train.epochs=0", ["--epochs", "1"]),
+    ("train.lr=1e-3", ["--lr", "1e-2"]),
+])
+def test_a_value_set_by_both_p_and_its_option_is_refused(tmp_path, capsys, param, options):
+    # otherwise the option wins and the -p value is never even checked
+    assert main(["train", "fvsbn", *options, "-p", param, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    key = param.split("=")[0]
+    assert f"{key} is set twice" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command, message", [
+    (["eval", "RUN", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["encode", "RUN", "--batch-size", "-1", "--out", "z.npy"], "argument --batch-size: must be at least 1, got -1"),
+    (["train", "fvsbn", "--seed", "99999999999999999999999"], "argument --seed: must be an integer from 0 to 2**63 - 1"),
+    (["sample", "RUN", "--seed", "-1"], "argument --seed: must be an integer from 0 to 2**63 - 1"),
+])
+def test_bad_numbers_are_usage_errors(capsys, command, message):
+    with pytest.raises(SystemExit) as info:
+        main(command)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_output_paths_are_checked_before_the_work(trained_run, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    cases = [
+        (["sample", str(trained_run), "-n", "4", "--out", str(tmp_path / "grid.npy")], "not an image file name"),
+        (["sample", str(trained_run), "-n", "4", "--out", str(tmp_path / "grid")], "not an image file name"),
+        (["sample", str(trained_run), "-n", "4", "--out", str(a_file / "grid.png")], f"{a_file} is a file, not a folder"),
+        (["sample", str(trained_run), "-n", "4", "--out", str(tmp_path)], "is a folder; give a file name"),
+        (["eval", str(trained_run), "--scores", str(a_file / "s.npy")], f"{a_file} is a file, not a folder"),
+        (["train", "fvsbn", "--data", "digits", "--out", str(a_file)], f"--out {a_file} is a file"),
+        (["train", "fvsbn", "--data", "digits", "--out", str(a_file / "run")], f"{a_file / 'run'}: not a directory"),
+        (["eval", str(a_file)], f"{a_file} is a file; give the run folder"),
+    ]
+    for command, message in cases:
+        assert main(command) == 2, command
+        assert message in _error_line(capsys), command
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"], "nothing written"
+
+
+def test_sample_refuses_an_n_that_cannot_fit_in_memory(trained_run, capsys):
+    assert main(["sample", str(trained_run), "-n", str(10**14)]) == 2
+    assert "GB in memory" in _error_line(capsys)
+
+
+def test_out_of_memory_is_one_line(monkeypatch, tmp_path, capsys):
+    def fail(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 25600000000000 bytes. Error code 12 (Cannot allocate memory)")
+    monkeypatch.setattr("genzoo.cli.Trainer.fit", fail)
+    assert main(["train", "fvsbn", "--data", "digits", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    line = _error_line(capsys)
+    assert "not enough memory" in line and "25600000000000 bytes" in line and "enforce fail" not in line
 
 
 def test_resume_needs_out(capsys):

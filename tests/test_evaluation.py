@@ -57,6 +57,12 @@ def test_describe_marks_a_bound():
     assert "NLL ≤ 90.00" in result.describe()
 
 
+def test_describe_of_one_example_has_no_standard_error():
+    model = genzoo.build_model("fvsbn", (3,))
+    text = evaluate(model, torch.tensor([[0.0, 1.0, 1.0]]), "test").describe()
+    assert "1 example)" in text and "nan" not in text and "s.e." not in text
+
+
 def test_uniform_model_has_one_bit_per_dim():
     """A fresh FVSBN with zero weights and zero biases is uniform: exactly 1 bit/dim."""
     model = genzoo.build_model("fvsbn", (1, 3, 3)).double()

@@ -553,10 +553,38 @@ def test_run_folder_discard(tmp_path):
     _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
     (run_dir / "eval_test.json").write_text("{}")
     (run_dir / "notes.txt").write_text("mine")
+    (run_dir / "samples.png").write_text("the old model's samples")
+    (run_dir / "samples.npy").write_text("the old model's samples")
+    (run_dir / "my_grid.png").write_text("a name the user chose")
+    (run_dir / "checkpoints" / "last.ptq1w2e3.tmp").write_text("half a write")
     RunFolder(run_dir).discard()
     left = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
-    assert left == ["config.toml", "notes.txt"]
+    assert left == ["config.toml", "my_grid.png", "notes.txt"]
     _fit(tiny_run_config("fvsbn", epochs=1), run_dir)  # no FileExistsError after a discard
+
+
+def test_resume_removes_half_written_checkpoints(tmp_path):
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
+    partial = [run_dir / "checkpoints" / name for name in ("last.ptx8a1.tmp", "best.pt_k2z.tmp")]
+    for path in partial:
+        path.write_bytes(b"killed mid-write")
+    Trainer.resume(run_dir, epochs=2, progress=False).fit()
+    assert not any(path.exists() for path in partial)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_resume_on_data_of_another_shape_is_refused(tmp_path):
+    data = tmp_path / "data.npy"
+    rng = np.random.default_rng(0)
+    np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1, data=str(data)), run_dir)
+    np.save(data, (rng.random((60, 17)) < 0.3).astype(np.float32))  # the user's file replaced
+    before = RunFolder(run_dir).last.read_bytes()
+    with pytest.raises(DataError, match="trained on data of shape 16, but .* now gives 17"):
+        Trainer.resume(run_dir, epochs=2, progress=False).fit()
+    assert RunFolder(run_dir).last.read_bytes() == before
 
 
 def test_resume_without_a_checkpoint(tmp_path):

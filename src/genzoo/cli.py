@@ -27,7 +27,7 @@ from genzoo.config import ConfigError, RunConfig, load_run_config, run_config_fr
 from genzoo.data import DATASETS, DataError, load_examples, make_training_data
 from genzoo.devices import resolve_device
 from genzoo.evaluation import evaluate_with_scores
-from genzoo.images import save_image_grid
+from genzoo.images import image_format, save_image_grid
 from genzoo.models import list_models
 from genzoo.models.base import model_config_class, model_info
 from genzoo.sampling import check_speculative_pair, speculative_sample
@@ -48,6 +48,24 @@ def _parse_param(text: str) -> tuple[str, object]:
     return key.strip(), parsed
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+#: torch and NumPy take seeds in [0, 2⁶⁴); a larger one fails deep inside them
+MAX_SEED = 2**63 - 1
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genzoo", description="Train, evaluate and sample deep generative models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -61,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help=f"data set ({', '.join(DATASETS)}) or a .npy/.npz/.csv file (default: from --config, else mnist5k)")
     train.add_argument("--config", type=Path, help="TOML run config ([model], [data], [train] tables)")
     train.add_argument("--epochs", type=int, help="number of epochs")
-    train.add_argument("--batch-size", type=int, help="minibatch size")
+    train.add_argument("--batch-size", type=_positive_int, help="minibatch size")
     train.add_argument("--lr", type=float, help="Adam learning rate")
-    train.add_argument("--seed", type=int, help="fixes data order, initialization and sampling")
+    train.add_argument("--seed", type=_seed, help="fixes data order, initialization and sampling")
     train.add_argument("--binarization", choices=["none", "dynamic"], help="dynamic: a fresh Bernoulli draw of 8-bit data each epoch")
     train.add_argument("--max-seconds", type=float,
                        help="stop after this many seconds of training epochs (validation not counted)")
@@ -88,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="score every example of this .npy, .csv or single-array .npz file instead of a split "
                                 "(checked like a --data file); the record goes to RUN_DIR/eval_input-NAME.json")
     ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--batch-size", type=_positive_int, default=500)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.add_argument("--scores", type=Path, metavar="OUT.npy|OUT.csv",
                     help="also write each example's log p(x) in nats, in input order (a lower bound on it for "
@@ -99,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     sample.add_argument("-n", "--num-samples", type=int, default=64)
     sample.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/samples.png); the .npy goes beside it")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=_seed, default=0)
     sample.add_argument("--checkpoint", default="best", choices=["best", "last"])
     sample.add_argument("--sampler", default="fast", choices=["fast", "naive", "speculative"],
                         help="fast: the model's own sampler; naive: one full network pass per dimension; "
@@ -121,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         if input_help:
             source.add_argument("--input", type=Path, metavar="FILE", help=input_help)
         p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-        p.add_argument("--batch-size", type=int, default=500)
+        p.add_argument("--batch-size", type=_positive_int, default=500)
 
     encode = commands.add_parser("encode", help="latents of a latent-variable run's data (.npy)",
                                  description="Encode a split (or --input FILE) with a latent-variable model (vae, iwae, "
@@ -138,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("latents", type=Path, metavar="Z.npy")
     decode.add_argument("--out", type=Path, required=True, metavar="GRID.png", help="PNG path; the .npy of the means goes beside it")
     decode.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    decode.add_argument("--batch-size", type=int, default=500)
+    decode.add_argument("--batch-size", type=_positive_int, default=500)
     add_common(decode)
 
     interpolate = commands.add_parser("interpolate", help="decode a straight latent path between two examples",
@@ -163,21 +181,63 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     model["name"] = args.model
     raw = config.to_dict()
     raw["model"] = model
+    set_by_param: dict[tuple[str, str], str] = {}
     for key, value in args.param:
         table, _, name = key.rpartition(".")
         if table not in ("", "model", "train", "data"):
             raise ConfigError(f"-p {key}: unknown table {table!r}; use model., train. or data. (or no prefix for the model)")
         raw[table or "model"][name] = value
-    if args.data:
-        raw["data"]["name"] = args.data
-    if args.binarization:
-        raw["data"]["binarization"] = args.binarization
-    for key in ("epochs", "batch_size", "lr", "seed", "max_seconds", "fit_epochs_to_max_seconds"):
-        if getattr(args, key) is not None:
-            raw["train"][key] = getattr(args, key)
+        set_by_param[(table or "model", name)] = key
+    for option, (table, key, value) in _options_given(args).items():
+        if (table, key) in set_by_param:
+            # the option would silently win over -p (whose value then goes unchecked)
+            raise ConfigError(f"{table}.{key} is set twice, by -p {set_by_param[(table, key)]}=... and by {option}; keep one")
+        raw[table][key] = value
     config = run_config_from_dict(raw, where="command line")
     model_config_class(args.model)  # an unknown model fails here, before any data is read
     return config
+
+
+#: train's options that set a config value: option -> (table, key, argparse dest)
+_CONFIG_OPTIONS = {
+    "--data": ("data", "name", "data"),
+    "--binarization": ("data", "binarization", "binarization"),
+    "--epochs": ("train", "epochs", "epochs"),
+    "--batch-size": ("train", "batch_size", "batch_size"),
+    "--lr": ("train", "lr", "lr"),
+    "--seed": ("train", "seed", "seed"),
+    "--max-seconds": ("train", "max_seconds", "max_seconds"),
+    "--fit-epochs-to-time": ("train", "fit_epochs_to_max_seconds", "fit_epochs_to_max_seconds"),
+}
+
+
+def _options_given(args: argparse.Namespace) -> dict[str, tuple[str, str, object]]:
+    """option -> (table, key, value) for each of train's config-setting options on the command line."""
+    given = {}
+    for option, (table, key, dest) in _CONFIG_OPTIONS.items():
+        value = getattr(args, dest)
+        if value not in (None, ""):
+            given[option] = (table, key, value)
+    return given
+
+
+#: what --resume may change: the run continues as its checkpoint and config.toml describe it
+_RESUME_OPTIONS = ("--epochs", "--max-seconds")
+
+
+def _check_resume_arguments(args: argparse.Namespace, run_dir: Path) -> None:
+    """Refuse what --resume would otherwise ignore: another model, config, data or hyperparameter."""
+    config_file = run_dir / "config.toml"
+    if config_file.exists():
+        saved = load_run_config(config_file)
+        if saved.model_name != args.model:
+            raise ValueError(f"{run_dir} holds a {saved.model_name!r} run, not {args.model!r}; "
+                             f"resume it with: genzoo train {saved.model_name} --resume --out {run_dir}")
+    ignored = [option for option in _options_given(args) if option not in _RESUME_OPTIONS]
+    ignored += ["--config"] * (args.config is not None) + ["-p"] * bool(args.param)
+    if ignored:
+        raise ValueError(f"--resume continues the run as it was configured, so {', '.join(ignored)} cannot change it; "
+                         "only --epochs and --max-seconds can (start a new run with another --out to change the rest)")
 
 
 class Interrupted(Exception):
@@ -192,10 +252,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if args.resume:
         if args.out is None:
             raise ValueError("--resume needs --out RUN_DIR")
+        _check_resume_arguments(args, args.out)
         trainer = Trainer.resume(args.out, device, args.data_dir, progress, epochs=args.epochs)
+        if args.max_seconds is not None:
+            trainer.config.train.max_seconds = args.max_seconds  # counts the run's training so far
     else:
         config = _train_config(args)
         out = args.out or Path("runs") / f"{args.model}-{Path(config.data.name).stem}"
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; a run folder is a folder")
         trainer = Trainer(config, out, device, args.data_dir, progress, overwrite=args.overwrite)
     try:
         result = trainer.fit()
@@ -218,6 +283,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     if args.scores is not None and args.scores.suffix not in SCORE_FILE_SUFFIXES:
         raise ValueError(f"--scores {args.scores}: use a .npy or .csv file")
+    if args.scores is not None:
+        _check_output_path(args.scores, "--scores")
     device = resolve_device(args.device)
     run, payload, model = load_run(args.run_dir, args.checkpoint, device)
     config = run_config_from_dict(payload["config"], where=str(run.path))
@@ -227,7 +294,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
             raise ValueError(f"{config.model_name} is class-conditional and scores x given its label; "
                              "--input files carry no labels, so evaluate a --split instead")
         x, labels, name = _examples_from_file(model, args.input), None, args.input.name
-        out = run.path / f"eval_input-{args.input.stem}.json"
+        out = run.path / f"eval_input-{args.input.name}.json"  # the whole name: x.npy and x.csv differ
     else:
         (x, labels), name = _split_data(payload, args.split, args.data_dir, labels=conditional), args.split
         out = run.path / f"eval_{args.split}.json"
@@ -288,8 +355,11 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         raise ValueError(f"-n must be at least 1, got {args.num_samples}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.out is not None:
+        _check_image_output(args.out)
     device = resolve_device(args.device)
     run, _, model = load_run(args.run_dir, args.checkpoint, device)
+    _check_samples_fit_in_memory(args.num_samples, model.num_dims)
     if args.sampler != "speculative" and args.draft is not None:
         raise ValueError("--draft is only used with --sampler speculative")
     draft = None
@@ -326,6 +396,23 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     print(f"written to {png} and {png.with_suffix('.npy')}")
 
 
+def _check_samples_fit_in_memory(n: int, num_dims: int) -> None:
+    """Refuse an -n whose samples (kept in memory for the grid and the .npy) could not fit, instead
+    of drawing until the machine runs out."""
+    needed = 4 * n * num_dims
+    available = _available_memory_bytes()
+    if available is not None and needed > available:
+        raise ValueError(f"-n {n}: {n} samples of {num_dims} values need {needed / 1e9:,.1f} GB in memory, "
+                         f"and {available / 1e9:,.1f} GB are available; draw fewer")
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that reports it
+        return None
+
+
 def _sampler(model, sampler: str, generator: torch.Generator, labelled: dict):
     """n -> n samples of the run's model, by its own sampler or by the naive one (D passes)."""
     if sampler == "naive":
@@ -357,6 +444,23 @@ def _split_data(payload: dict, split: str, data_dir: str | None,
     return x.reshape(len(x), -1), y
 
 
+def _check_output_path(path: Path, option: str) -> None:
+    """Refuse an output path that cannot be written (a folder, or under a file) before the work
+    whose result would go there."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+
+
+def _check_image_output(path: Path, option: str = "--out") -> None:
+    _check_output_path(path, option)
+    image_format(path)
+
+
 def _write_images(x: torch.Tensor, png: Path, dtype: type, ncols: int | None = None) -> None:
     """A PNG grid of ``x`` and the array itself beside it (same name, .npy)."""
     save_image_grid(x, png, ncols=ncols)
@@ -364,6 +468,7 @@ def _write_images(x: torch.Tensor, png: Path, dtype: type, ncols: int | None = N
 
 
 def _cmd_encode(args: argparse.Namespace) -> None:
+    _check_output_path(args.out, "--out")
     device = resolve_device(args.device)
     _, payload, model = _load_latent_run(args.run_dir, args.checkpoint, device)
     if args.input is not None:
@@ -378,6 +483,7 @@ def _cmd_encode(args: argparse.Namespace) -> None:
 
 
 def _cmd_decode(args: argparse.Namespace) -> None:
+    _check_image_output(args.out)
     device = resolve_device(args.device)
     _, _, model = _load_latent_run(args.run_dir, args.checkpoint, device)
     if not args.latents.is_file():
@@ -394,6 +500,7 @@ def _cmd_decode(args: argparse.Namespace) -> None:
 def _cmd_interpolate(args: argparse.Namespace) -> None:
     if args.steps < 2:
         raise ValueError(f"--steps must be at least 2, got {args.steps}")
+    _check_image_output(args.out)
     device = resolve_device(args.device)
     _, payload, model = _load_latent_run(args.run_dir, args.checkpoint, device)
     x, _ = _split_data(payload, args.split, args.data_dir)
@@ -442,12 +549,32 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, io.UnsupportedOperation):
             pass
         return 128 + 13  # killed by SIGPIPE, as a shell reports it
-    except (ValueError, FileExistsError, FileNotFoundError, FloatingPointError) as error:
+    except (ValueError, OSError, FloatingPointError) as error:
         # ConfigError, DataError and CheckpointError are ValueErrors: one line, no traceback.
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"genzoo: error: {message}", file=sys.stderr)
+        print(f"genzoo: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        if "can't allocate memory" not in str(error) and not isinstance(error, torch.OutOfMemoryError):
+            raise
+        print(f"genzoo: error: not enough memory: {_allocation_failure(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(error: Exception) -> str:
+    """An error's message on one line. An OSError raised by the system ("[Errno 20] Not a
+    directory: 'a/b'") becomes "a/b: not a directory"; genzoo's own say what they mean already."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        return f"{error.filename}: {error.strerror[0].lower()}{error.strerror[1:]}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _allocation_failure(error: RuntimeError) -> str:
+    """What a failed allocation asked for, from torch's multi-line message."""
+    lines = [line.strip() for line in str(error).splitlines() if "allocate" in line]
+    text = lines[0] if lines else str(error).splitlines()[0]
+    return text.split("] ", 1)[-1]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,10 +33,13 @@ class Evaluation:
 
     def describe(self) -> str:
         relation = "=" if self.likelihood == "exact" else "≤"
+        # one example has no spread to estimate a standard error from
+        spread = f"± {self.standard_error_nats:.2f} s.e., " if math.isfinite(self.standard_error_nats) else ""
+        examples = f"{self.num_examples} example{'' if self.num_examples == 1 else 's'}"
         return (
             f"{self.split} NLL {relation} {self.nll_nats:.2f} nats ({self.bits_per_dim:.4f} bits/dim, "
-            f"± {self.standard_error_nats:.2f} s.e., likelihood: {self.likelihood}"
-            f"{' (' + self.likelihood_detail + ')' if self.likelihood_detail else ''}, {self.num_examples} examples)"
+            f"{spread}likelihood: {self.likelihood}"
+            f"{' (' + self.likelihood_detail + ')' if self.likelihood_detail else ''}, {examples})"
         )
 
 

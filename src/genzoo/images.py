@@ -25,6 +25,19 @@ def as_images(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.clip(x * scale, 0, 255).astype(np.uint8)
 
 
+def image_format(path: str | Path) -> str:
+    """The image format Pillow writes for ``path``'s extension, or a ValueError naming the path,
+    so that a command can refuse a bad name before its work rather than after it."""
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    image_format = Image.registered_extensions().get(suffix)
+    if image_format is None or image_format not in Image.SAVE:
+        raise ValueError(f"{path}: not an image file name; use a .png (or .jpg, .bmp, .gif, .tif, .webp) "
+                         "name, and the .npy is written beside it")
+    return image_format
+
+
 def save_image_grid(x: torch.Tensor | np.ndarray, path: str | Path, ncols: int | None = None, zoom: int = 4, padding: int = 2) -> Path:
     from PIL import Image
 

@@ -70,9 +70,21 @@ class RunFolder:
         return self.best if which == "best" else self.last
 
     def discard(self) -> None:
-        """Remove what a previous run left here (checkpoints, metrics, pictures, evaluations)."""
-        for path in (self.last, self.best, self.metrics, self.loss_curve, *self.path.glob("eval_*.json")):
+        """Remove what a previous run left here (checkpoints, metrics, pictures, evaluations, and
+        the samples ``genzoo sample`` writes by default, which would show the old model)."""
+        default_samples = (self.path / "samples.png", self.path / "samples.npy")
+        for path in (self.last, self.best, self.metrics, self.loss_curve, *default_samples,
+                     *self.path.glob("eval_*.json")):
             path.unlink(missing_ok=True)
+        self.remove_partial_writes()
+
+    def remove_partial_writes(self) -> None:
+        """Delete checkpoint temp files that a killed process left half written (a finished write
+        renames its temp file, so any left over is garbage)."""
+        folder = self.last.parent
+        if folder.is_dir():
+            for path in folder.glob("*.pt*.tmp"):
+                path.unlink(missing_ok=True)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics.exists():
@@ -86,6 +98,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best",
     it holds, in eval mode on ``device`` ("auto", "cpu" or "cuda"). Loading never runs code from
     the file (``genzoo.checkpoint``)."""
     run = RunFolder(Path(run_dir))
+    if run.path.exists() and not run.path.is_dir():
+        raise FileNotFoundError(f"{run_dir} is a file; give the run folder (what train --out named)")
     if not run.path.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     path = run.checkpoint(checkpoint)
@@ -292,7 +306,13 @@ class Trainer:
         stage: str | None = None  # the model's training_stage in the last epoch trained
         if self._resume_payload is not None:
             payload = self._resume_payload
-            model.load_state_dict(payload["model"])
+            self._check_resumed_data(payload, data)
+            self.run.remove_partial_writes()
+            try:
+                model.load_state_dict(payload["model"])
+            except RuntimeError as error:
+                first = str(error).strip().splitlines()[0]
+                raise CheckpointError(f"{self.run.last} does not match this run's model: {first}") from None
             load_optimizer_state(optimizer, payload["optimizer"])
             load_scheduler_state(scheduler, payload["scheduler"])
             data_order.set_state(payload["rng"]["data_order"])
@@ -456,6 +476,15 @@ class Trainer:
         if "num_classes" not in fields:
             return False
         return int(self.config.model.get("num_classes", fields["num_classes"].default)) > 0
+
+    def _check_resumed_data(self, payload: dict[str, Any], data: TrainingData) -> None:
+        """Refuse to resume on data of another shape than the run was trained on (a user's data
+        file replaced since), which would otherwise fail deep inside the weights' loading."""
+        saved = tuple(payload.get("data_shape", data.data_shape))
+        if saved != tuple(data.data_shape):
+            was, now = ("x".join(map(str, shape)) for shape in (saved, data.data_shape))
+            raise DataError(f"cannot resume {self.run.path}: it was trained on data of shape {was}, but "
+                            f"{self.config.data.name!r} now gives {now}; the data changed since")
 
     @staticmethod
     def _initialize_from(model: GenerativeModel, path: str) -> None:

@@ -18,9 +18,11 @@ Unknown keys and values of the wrong type are refused with the key named.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +41,23 @@ class ConfigError(ValueError):
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _toml_kind(value: Any) -> str:
+    """A value's kind in TOML's words, for errors about a file: "a string", "an integer", ..."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a table"
+    return f"a {type(value).__name__}"
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -89,6 +108,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def build_dataclass(cls: type, values: dict[str, Any], where: str = "config") -> Any:
     """Build dataclass ``cls`` from ``values``, refusing unknown keys and ill-typed values."""
+    if not isinstance(values, Mapping):
+        # a string would otherwise be read key by key, one character each ("unknown key 'd'")
+        raise ConfigError(f"{where} must be a table of keys and values, got {_toml_kind(values)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - names)
@@ -171,23 +193,31 @@ class TrainConfig:
         require(self.epochs >= 1, f"train: epochs must be at least 1, got {self.epochs}")
         require(self.batch_size >= 1, f"train: batch_size must be at least 1, got {self.batch_size}")
         require(self.eval_batch_size >= 1, f"train: eval_batch_size must be at least 1, got {self.eval_batch_size}")
-        require(self.lr > 0, f"train: lr must be positive, got {self.lr}")
+        # isfinite: `lr = inf` is valid TOML and passes `> 0`, but only turns the loss into nan
+        require(math.isfinite(self.lr) and self.lr > 0, f"train: lr must be a positive finite number, got {self.lr}")
         require(0 < self.lr_decay <= 1, f"train: lr_decay must lie in (0, 1], got {self.lr_decay}")
         self.lr_milestones = tuple(self.lr_milestones)
         require(all(m >= 1 for m in self.lr_milestones) and list(self.lr_milestones) == sorted(set(self.lr_milestones)),
                 f"train: lr_milestones must be increasing epochs of at least 1, got {list(self.lr_milestones)}")
         require(self.lr_schedule != "multistep" or bool(self.lr_milestones),
                 'train: lr_schedule = "multistep" needs lr_milestones, e.g. [10, 20]')
-        require(self.adam_eps > 0, f"train: adam_eps must be positive, got {self.adam_eps}")
-        require(self.weight_decay >= 0, f"train: weight_decay must be non-negative, got {self.weight_decay}")
-        require(self.l1_penalty >= 0, f"train: l1_penalty must be non-negative, got {self.l1_penalty}")
-        require(self.grad_clip >= 0, f"train: grad_clip must be non-negative, got {self.grad_clip}")
+        require(math.isfinite(self.adam_eps) and self.adam_eps > 0,
+                f"train: adam_eps must be a positive finite number, got {self.adam_eps}")
+        require(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                f"train: weight_decay must be a non-negative finite number, got {self.weight_decay}")
+        require(math.isfinite(self.l1_penalty) and self.l1_penalty >= 0,
+                f"train: l1_penalty must be a non-negative finite number, got {self.l1_penalty}")
+        # 0 is the way to turn clipping off; an infinite norm bound would only hide that
+        require(math.isfinite(self.grad_clip) and self.grad_clip >= 0,
+                f"train: grad_clip must be a non-negative finite number (0 turns clipping off), got {self.grad_clip}")
         require(self.patience >= 0, f"train: patience must be non-negative, got {self.patience}")
         require(self.eval_every >= 1, f"train: eval_every must be at least 1, got {self.eval_every}")
         require(self.checkpoint_every >= 1, f"train: checkpoint_every must be at least 1, got {self.checkpoint_every}")
+        # max_seconds = inf is allowed: like 0, it never stops the run
         require(self.max_seconds >= 0, f"train: max_seconds must be non-negative, got {self.max_seconds}")
-        require(not self.fit_epochs_to_max_seconds or self.max_seconds > 0,
-                "train: fit_epochs_to_max_seconds needs a time budget: set max_seconds")
+        # ... but fitting the epochs to it divides the time left, which must then be finite
+        require(not self.fit_epochs_to_max_seconds or 0 < self.max_seconds < math.inf,
+                "train: fit_epochs_to_max_seconds needs a time budget: set max_seconds to a finite number of seconds")
 
 
 @dataclass
@@ -197,6 +227,13 @@ class RunConfig:
     model: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        # Built in Python, a wrong type would fail far from here: a string model as "names no
+        # model", a dict data as an AttributeError mid-run. run_config_from_dict builds from dicts.
+        _require_instance(self.model, dict, "model", "a dict of the model's name and hyperparameters, e.g. {'name': 'made'}")
+        _require_instance(self.data, DataConfig, "data", "a DataConfig, e.g. DataConfig(name='digits')")
+        _require_instance(self.train, TrainConfig, "train", "a TrainConfig, e.g. TrainConfig(epochs=10)")
 
     @property
     def model_name(self) -> str:
@@ -210,15 +247,36 @@ class RunConfig:
         return {"model": dict(self.model), "data": dataclasses.asdict(self.data), "train": dataclasses.asdict(self.train)}
 
 
+def _require_instance(value: Any, cls: type, name: str, expected: str) -> None:
+    """RunConfig's field ``name`` must hold a ``cls``; ``expected`` says what to pass instead."""
+    if not isinstance(value, cls):
+        raise ConfigError(f"RunConfig: {name} must be {expected}, got {type(value).__name__} {value!r}")
+
+
+#: what each table of a run config looks like, for the error when a file gives a scalar instead
+_TABLE_EXAMPLES = {"model": '[model] name = "made"', "data": '[data] name = "digits"', "train": "[train] epochs = 10"}
+
+
+def _table(raw: Mapping[str, Any], name: str, where: str) -> Mapping[str, Any]:
+    """``raw[name]`` (empty if absent), refused unless it is a table: `data = "digits"` is a
+    string, and iterating it would complain about keys 'd', 'i', ... instead."""
+    value = raw.get(name, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: [{name}] must be a table (e.g. {_TABLE_EXAMPLES[name]}), got {_toml_kind(value)}")
+    return value
+
+
 def run_config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: a run config must be a table of [model], [data] and [train], got {_toml_kind(raw)}")
     unknown = sorted(set(raw) - {"model", "data", "train"})
     if unknown:
         raise ConfigError(f"unknown table [{unknown[0]}] in {where}; valid tables: [model], [data], [train]")
-    model = dict(raw.get("model", {}))
+    model = dict(_table(raw, "model", where))
     if "name" in model and not isinstance(model["name"], str):
         raise ConfigError(f"{where}: model.name must be a string")
-    data = build_dataclass(DataConfig, raw.get("data", {}), where=f"{where} [data]")
-    train = build_dataclass(TrainConfig, raw.get("train", {}), where=f"{where} [train]")
+    data = build_dataclass(DataConfig, _table(raw, "data", where), where=f"{where} [data]")
+    train = build_dataclass(TrainConfig, _table(raw, "train", where), where=f"{where} [train]")
     return RunConfig(model=model, data=data, train=train)
 
 
@@ -226,12 +284,35 @@ def load_run_config(path: str | Path) -> RunConfig:
     """Read a run config from TOML, checking every key."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raw = tomllib.loads(_read_toml_text(path))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path} is not valid TOML: {error}") from None
-    return run_config_from_dict(raw, where=str(path))
+    try:
+        return run_config_from_dict(raw, where=str(path))
+    except ConfigError as error:
+        if str(path) in str(error):
+            raise
+        # a range check ("train: lr must be ...") names its key but not the file it came from
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _read_toml_text(path: Path) -> str:
+    """The text of TOML file ``path``; each way reading it can fail is a ConfigError naming it."""
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as error:
+        # is_dir, not IsADirectoryError alone: Windows reports a directory as PermissionError
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    try:
+        # TOML is UTF-8 by definition: decoding with the locale's encoding could misread it
+        return content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {content[error.start]:#04x} at "
+                          f"position {error.start}); TOML files must be UTF-8") from None
 
 
 def _toml_value(value: Any) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
+import operator
 import sys
 from typing import Any, Callable, ClassVar, Iterator, Literal
 
@@ -33,9 +35,91 @@ __all__ = [
 Likelihood = Literal["exact", "lower_bound", "none"]
 
 
+def _checked_sample_count(n: Any) -> int:
+    """``n`` as a Python int, or a one-line error naming it (a bool is refused: ``sample(True)``
+    is a slip, not a count of one)."""
+    count = _as_int(n)
+    if count is None:
+        raise TypeError(f"n must be a non-negative integer, got {n!r}")
+    if count < 0:
+        raise ValueError(f"n must be a non-negative integer, got {count}")
+    return count
+
+
+def _checks_sample_input(sample: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Wrap a ``sample(n, generator=None, ...)`` so that a bad ``n`` or ``generator`` is refused
+    before any torch call sees it, and ``n = 0`` gives an empty (0, *data_shape) batch without
+    running the sampler (several samplers reshape by ``(n, -1)``, which zero rows leave undefined)."""
+    if getattr(sample, "_checks_api_input", False):
+        return sample
+
+    @functools.wraps(sample)
+    def checked(self: GenerativeModel, n: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        n = _checked_sample_count(n)
+        # every sampler takes the generator second, by position or by name
+        generator = args[0] if args else kwargs.get("generator")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if n == 0:
+            return torch.empty((0, *self.data_shape), dtype=self._dtype(), device=self.device)
+        return sample(self, n, *args, **kwargs)
+
+    checked._checks_api_input = True  # type: ignore[attr-defined]
+    return checked
+
+
+def _checks_loss_input(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Wrap a ``loss(x, ...)`` so that an empty batch is refused: its mean is 0/0, which comes
+    out as NaN, a ZeroDivisionError or a reshape error depending on the model. The shape is
+    checked first, so a wrong shape is reported as such even when the batch is also empty."""
+    if getattr(loss, "_checks_api_input", False):
+        return loss
+
+    @functools.wraps(loss)
+    def checked(self: GenerativeModel, x: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._check_input_shape(x)
+        if len(x) == 0:
+            raise ValueError("loss needs at least one example, got an empty batch")
+        return loss(self, x, *args, **kwargs)
+
+    checked._checks_api_input = True  # type: ignore[attr-defined]
+    return checked
+
+
+def _checked_data_shape(data_shape: Any) -> tuple[int, ...]:
+    """``data_shape`` (an int or a sequence of ints) as a tuple of positive ints, or a one-line
+    ``ValueError``: a zero or negative size, a float or a string would otherwise surface as a
+    torch error (or, for a zero, as a model of no dimensions) somewhere inside a model's layers."""
+    problem = ValueError(f"data_shape must be a tuple of positive integers, got {data_shape!r}")
+    if isinstance(data_shape, (str, bytes)):
+        raise problem
+    if _as_int(data_shape) is not None:
+        data_shape = (data_shape,)
+    try:
+        sizes = tuple(_as_int(s) for s in data_shape)
+    except TypeError:
+        raise problem from None
+    if not sizes or any(s is None or s <= 0 for s in sizes):
+        raise problem
+    return sizes  # type: ignore[return-value]
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as a Python int where it is an integer (numpy integers and 0-d integer tensors
+    included, by ``__index__``), else None; a bool is not taken for a size or a count."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 class GenerativeModel(nn.Module):
     """Base class: subclasses set ``likelihood`` and ``support`` and implement
-    ``_log_prob`` on flat, validated input and ``sample``."""
+    ``_log_prob`` on flat, validated input and ``sample``. A subclass's own ``sample`` and
+    ``loss`` get the shared argument checks (a count ``n``, a generator, a non-empty batch)
+    without calling for them: ``__init_subclass__`` wraps them."""
 
     likelihood: ClassVar[Likelihood] = "exact"
     #: what ``log_prob`` returns on binary or 8-bit data where that differs from ``likelihood``
@@ -46,9 +130,21 @@ class GenerativeModel(nn.Module):
     #: trainer fills that field in from the data set's kind unless the config sets it
     support: ClassVar[str] = "binary"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Models override ``sample`` and ``loss`` themselves (ChainRuleModel, PixelAutoregressive,
+        # FlowModel, LatentVariableModel, VQVAE; NADE's fused kernel loss), with their own extra
+        # arguments (y, temperature), so no base-class method sits on every path. Wrapping each
+        # override as its class is created puts the argument checks in this one place instead of
+        # in every model, and covers a new model as soon as it subclasses.
+        super().__init_subclass__(**kwargs)
+        if "sample" in cls.__dict__:
+            cls.sample = _checks_sample_input(cls.__dict__["sample"])
+        if "loss" in cls.__dict__:
+            cls.loss = _checks_loss_input(cls.__dict__["loss"])
+
     def __init__(self, data_shape: tuple[int, ...]):
         super().__init__()
-        self.data_shape = tuple(int(s) for s in data_shape)
+        self.data_shape = _checked_data_shape(data_shape)
         self.num_dims = math.prod(self.data_shape)
         self._checks_input_values = True
 
@@ -74,8 +170,8 @@ class GenerativeModel(nn.Module):
         genzoo's C kernels returns ``genzoo.kernels.threads_for_kernels()``."""
         return contextlib.nullcontext()
 
-    def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Check ``x`` and return it as (B, D): image-shaped or flat input both accepted."""
+    def _check_input_shape(self, x: torch.Tensor) -> None:
+        """Refuse a non-tensor, or a tensor neither image-shaped (B, *data_shape) nor flat (B, D)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
         shape = tuple(x.shape[1:])
@@ -84,6 +180,10 @@ class GenerativeModel(nn.Module):
                 f"input has shape {tuple(x.shape)}; this model expects (B, {', '.join(map(str, self.data_shape))})"
                 f" or (B, {self.num_dims})"
             )
+
+    def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Check ``x`` and return it as (B, D): image-shaped or flat input both accepted."""
+        self._check_input_shape(x)
         if not x.is_floating_point():
             x = x.float()
         if not self._checks_input_values:
@@ -161,9 +261,13 @@ class GenerativeModel(nn.Module):
         return next(self.parameters()).dtype
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p_θ(x) in nats, shape (B,)."""
-        return self._log_prob(self.flatten_input(x))
+        """log p_θ(x) in nats, shape (B,); an empty batch gives an empty (0,) tensor."""
+        x = self.flatten_input(x)
+        if len(x) == 0:  # known without the model, some of whose reshapes (B, …, -1) fail on B = 0
+            return x.new_empty(0)
+        return self._log_prob(x)
 
+    @_checks_loss_input
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood (nats per example): what training minimizes."""
         return -self.log_prob(x).mean()
@@ -171,6 +275,7 @@ class GenerativeModel(nn.Module):
     def _log_prob(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @_checks_sample_input
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
@@ -212,13 +317,12 @@ def build_model(name: str, data_shape: tuple[int, ...] | int, **hyperparameters:
     value of the wrong type raises ``ValueError`` naming the key.
     """
     cls, config_class = _lookup(name)
-    if isinstance(data_shape, int):
-        data_shape = (data_shape,)
+    data_shape = _checked_data_shape(data_shape)  # before the model's layers see it
     try:
         config = build_dataclass(config_class, hyperparameters, where=f"model {name!r}")
     except ConfigError as error:
         raise ValueError(str(error)) from None
-    return cls(tuple(data_shape), config)
+    return cls(data_shape, config)
 
 
 def list_models() -> list[str]:

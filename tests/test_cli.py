@@ -456,17 +456,24 @@ def test_eval_input_records_of_two_files_with_one_stem_both_stay(trained_run, tm
 
 @pytest.mark.parametrize("model, options, message", [
     ("fvsbn", [], "holds a 'made' run, not 'fvsbn'"),
-    ("made", ["--data", "mnist5k"], "--data cannot change it"),
-    ("made", ["--lr", "0.5", "--batch-size", "7"], "--batch-size, --lr cannot change it"),
-    ("made", ["-p", "hidden_sizes=[7]"], "-p cannot change it"),
-    ("made", ["--config", "configs/nade.toml"], "--config cannot change it"),
-    ("made", ["--seed", "3", "--binarization", "dynamic"], "--binarization, --seed cannot change it"),
+    ("made", ["--data", "mnist5k"], "--data sets data.name = 'mnist5k' (the run's: 'digits')"),
+    ("made", ["--lr", "0.5", "--batch-size", "7"], "--batch-size sets train.batch_size = 7"),
+    ("made", ["-p", "hidden_sizes=[7]"], "-p hidden_sizes sets model.hidden_sizes = [7] (the run's: [32])"),
+    ("made", ["--config", "configs/nade.toml"], "sets model.name = 'nade'"),
+    ("made", ["--seed", "3"], "--seed sets train.seed = 3"),
 ])
 def test_resume_refuses_what_it_would_ignore(run_copy, capsys, model, options, message):
     before = RunFolder(run_copy).last.read_bytes()
     assert main(["train", model, "--out", str(run_copy), "--resume", "--epochs", "3", *options]) == 2
     assert message in _error_line(capsys)
     assert RunFolder(run_copy).last.read_bytes() == before
+
+
+def test_resume_accepts_the_same_command_again(run_copy):
+    # the command that made the run (trained_run), with --resume and more epochs
+    assert main(["train", "made", "--data", "digits", "--epochs", "3", "-p", "hidden_sizes=[32]",
+                 "--out", str(run_copy), "--resume", "--quiet"]) == 0
+    assert [r["epoch"] for r in RunFolder(run_copy).read_metrics()] == [1, 2, 3]
 
 
 def test_resume_takes_a_new_time_budget(run_copy, capsys):

@@ -222,22 +222,35 @@ def _options_given(args: argparse.Namespace) -> dict[str, tuple[str, str, object
 
 
 #: what --resume may change: the run continues as its checkpoint and config.toml describe it
-_RESUME_OPTIONS = ("--epochs", "--max-seconds")
+_RESUME_KEYS = {("train", "epochs"), ("train", "max_seconds")}
 
 
 def _check_resume_arguments(args: argparse.Namespace, run_dir: Path) -> None:
-    """Refuse what --resume would otherwise ignore: another model, config, data or hyperparameter."""
+    """Refuse what --resume would otherwise ignore: another model, or a config value, data set or
+    hyperparameter that differs from the run's. The same command again with --resume is fine."""
     config_file = run_dir / "config.toml"
-    if config_file.exists():
-        saved = load_run_config(config_file)
-        if saved.model_name != args.model:
-            raise ValueError(f"{run_dir} holds a {saved.model_name!r} run, not {args.model!r}; "
-                             f"resume it with: genzoo train {saved.model_name} --resume --out {run_dir}")
-    ignored = [option for option in _options_given(args) if option not in _RESUME_OPTIONS]
-    ignored += ["--config"] * (args.config is not None) + ["-p"] * bool(args.param)
-    if ignored:
-        raise ValueError(f"--resume continues the run as it was configured, so {', '.join(ignored)} cannot change it; "
-                         "only --epochs and --max-seconds can (start a new run with another --out to change the rest)")
+    if not config_file.exists():
+        return  # Trainer.resume says what is missing
+    saved = load_run_config(config_file)
+    if saved.model_name != args.model:
+        raise ValueError(f"{run_dir} holds a {saved.model_name!r} run, not {args.model!r}; "
+                         f"resume it with: genzoo train {saved.model_name} --resume --out {run_dir}")
+    wanted: dict[tuple[str, str], tuple[object, str]] = {}  # (table, key) -> (value, where the command sets it)
+    if args.config is not None:
+        for table, entries in load_run_config(args.config).to_dict().items():
+            wanted.update({(table, key): (value, f"--config {args.config}") for key, value in entries.items()})
+    for key, value in args.param:
+        table, _, name = key.rpartition(".")
+        wanted[(table or "model", name)] = (value, f"-p {key}")
+    for option, (table, key, value) in _options_given(args).items():
+        wanted[(table, key)] = (value, option)
+    run_values = saved.to_dict()
+    changes = [f"{source} sets {table}.{key} = {value!r} (the run's: {run_values[table].get(key)!r})"
+               for (table, key), (value, source) in wanted.items()
+               if (table, key) not in _RESUME_KEYS and run_values.get(table, {}).get(key) != value]
+    if changes:
+        raise ValueError(f"--resume continues {run_dir} as it was configured, but {'; '.join(changes)}; only "
+                         "--epochs and --max-seconds can change (start a new run with another --out for the rest)")
 
 
 class Interrupted(Exception):

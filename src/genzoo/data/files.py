@@ -10,16 +10,24 @@ error naming the file, the row and the value.
 from __future__ import annotations
 
 import csv
+import zipfile
+import zlib
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from genzoo.data.download import DataError
 
-__all__ = ["load_user_file", "load_examples", "infer_kind", "USER_FILE_SUFFIXES"]
+__all__ = ["load_user_file", "load_examples", "infer_kind", "read_numpy_arrays", "USER_FILE_SUFFIXES"]
 
 USER_FILE_SUFFIXES = (".npy", ".npz", ".csv")
 _USER_SPLIT_SEED = 0
+
+#: what NumPy (and zipfile / zlib under it) raise for a .npy/.npz whose bytes are damaged or not NumPy's
+_INVALID_NUMPY_FILE_ERRORS = (ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+#: a bad CSV cell is quoted up to this many characters: a row read as one cell can be thousands long
+_QUOTED_CELL_LENGTH = 20
 
 
 def _read_csv(path: Path) -> np.ndarray:
@@ -36,7 +44,7 @@ def _read_csv(path: Path) -> np.ndarray:
                 values = [float(cell) for cell in row]
             except ValueError:
                 bad = next(cell for cell in row if not _is_number(cell))
-                raise DataError(f"{path}: row {i} has {bad.strip()!r}, which is not a number") from None
+                raise DataError(f"{path}: row {i} has {_not_a_number(bad)}") from None
             if rows and len(values) != len(rows[0]):
                 raise DataError(f"{path}: row {i} has {len(values)} values, the rows before it {len(rows[0])}")
             rows.append(values)
@@ -53,10 +61,22 @@ def _is_number(cell: str) -> bool:
     return True
 
 
+def _not_a_number(cell: str) -> str:
+    """A CSV cell that is not a number, quoted short, with the likely cause if it is a whole row."""
+    cell = cell.strip()
+    quoted = repr(cell if len(cell) <= _QUOTED_CELL_LENGTH else cell[:_QUOTED_CELL_LENGTH] + "...")
+    # ';' or tab inside one cell: the file uses another separator, so each row was read as a single cell
+    hint = " (expected comma-separated values)" if ";" in cell or "\t" in cell else ""
+    return f"{quoted}, which is not a number{hint}"
+
+
 def _as_examples(array: np.ndarray, where: str) -> np.ndarray:
     """Check an array of examples and bring it to (N, D) or (N, C, H, W)."""
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise DataError(f"{where} has dtype {array.dtype}; expected numbers")
+    # refused, not cast: torch would silently drop the imaginary part
+    if np.iscomplexobj(array):
+        raise DataError(f"{where} has dtype {array.dtype}; expected real numbers")
     if array.ndim < 2 or array.ndim > 4:
         raise DataError(f"{where} has shape {array.shape}; expected one example per row: (N, D), (N, H, W) or (N, C, H, W)")
     if len(array) == 0:
@@ -84,6 +104,26 @@ def infer_kind(flat: np.ndarray, where: str) -> str:
     )
 
 
+def read_numpy_arrays(path: Path, keys: Iterable[str] | None = None, advice: str = "") -> dict[str, np.ndarray]:
+    """The arrays of a .npy file ({"all": array}) or of a .npz file (those of ``keys`` it holds, default
+    all), never unpickled. A file NumPy cannot read is a one-line DataError naming it, ``advice`` appended."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray) and path.suffix == ".npy":
+            return {"all": loaded}
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                if path.suffix == ".npz":
+                    wanted = loaded.files if keys is None else [key for key in keys if key in loaded.files]
+                    return {key: loaded[key] for key in wanted}
+        # else the other format under this suffix: refused below like any file that is not its suffix's
+    except _INVALID_NUMPY_FILE_ERRORS:
+        pass  # never NumPy's message: bytes it cannot place it takes for a pickle, and suggests allow_pickle=True
+    # "could not be read as": the wording of the user file's other read errors (OSError, a bad .csv)
+    raise DataError(f"{path} could not be read as {path.suffix}: it is not a valid {path.suffix} file "
+                    f"(corrupt, or not written by numpy){advice}")
+
+
 def _read_arrays(path: str | Path) -> tuple[Path, dict[str, np.ndarray]]:
     """The arrays of a user's file, by name ("all" for a .npy or .csv), not yet validated."""
     path = Path(path)
@@ -94,10 +134,7 @@ def _read_arrays(path: str | Path) -> tuple[Path, dict[str, np.ndarray]]:
     try:
         if path.suffix == ".csv":
             return path, {"all": _read_csv(path)}
-        if path.suffix == ".npy":
-            return path, {"all": np.load(path, allow_pickle=False)}
-        with np.load(path, allow_pickle=False) as f:
-            return path, {key: f[key] for key in f.files}
+        return path, read_numpy_arrays(path)
     except DataError:
         raise
     except (ValueError, OSError, EOFError) as error:

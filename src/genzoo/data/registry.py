@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -55,7 +56,23 @@ def list_datasets() -> list[str]:
 
 
 def is_user_file(name: str) -> bool:
-    return Path(name).suffix in USER_FILE_SUFFIXES
+    """Whether ``name`` means a file rather than a registered data set: it looks like a path (an existing
+    file, a folder separator or a file extension), so a file of the wrong type is reported as such, not
+    as an unknown data set. A bare name like 'cifar' stays a data set name."""
+    if name in DATASETS:
+        return False
+    separators = [sep for sep in (os.sep, os.altsep) if sep]
+    return Path(name).is_file() or Path(name).suffix != "" or any(sep in name for sep in separators)
+
+
+def _checked_name(name: object) -> str:
+    """``name`` as a string; anything but a string or an os.PathLike is a DataError, not a TypeError
+    from deep inside pathlib."""
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise DataError(f"data set name must be a string or a path, got {type(name).__name__}")
+    return name
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -84,14 +101,15 @@ def _load_arrays(name: str, folder: str | None, file_state: tuple = ()) -> tuple
     return info.loader(folder), info.kind
 
 
-def load_splits(name: str, data_dir: str | None = None) -> tuple[dict[str, torch.Tensor], Kind]:
+def load_splits(name: str | os.PathLike, data_dir: str | None = None) -> tuple[dict[str, torch.Tensor], Kind]:
     """All three splits as float tensors, with the data kind."""
+    name = _checked_name(name)
     arrays, kind = _load_arrays(name, str(data_dir) if data_dir else None, _cache_key(name))
     # torch.tensor copies: callers may change their tensors without touching the cache.
     return {split: torch.tensor(a, dtype=torch.float32) for split, a in arrays.items()}, kind
 
 
-def load_dataset(name: str, split: str = "train", data_dir: str | None = None) -> torch.Tensor:
+def load_dataset(name: str | os.PathLike, split: str = "train", data_dir: str | None = None) -> torch.Tensor:
     """One split of a data set as a float tensor of shape (N, *data_shape).
 
     ``name`` is a registered data set (see ``list_datasets()``) or the path of a user's
@@ -105,6 +123,7 @@ def load_dataset(name: str, split: str = "train", data_dir: str | None = None) -
 
 def load_labels(name: str, data_dir: str | None = None) -> dict[str, torch.Tensor]:
     """The class labels of every split as long tensors, for class-conditional models."""
+    name = _checked_name(name)
     info = DATASETS.get(name)
     if info is None or info.label_loader is None:
         with_labels = ", ".join(n for n, i in DATASETS.items() if i.label_loader is not None)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from genzoo.data.download import DataError, data_dir, find_or_download
+from genzoo.data.files import read_numpy_arrays
 
 __all__ = ["load_binarized_mnist", "load_mnist", "load_mnist5k", "load_digits",
            "load_mnist_labels", "load_mnist5k_labels", "load_digits_labels"]
@@ -26,6 +27,9 @@ _MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d
 
 # Fixed shuffles of the packaged data sets (they come sorted by class).
 _PACKAGED_SPLIT_SEED = 20150101
+
+# A data file that will not open is fixed like a missing one: it is fetched when it is not there.
+_UNREADABLE_FILE_ADVICE = "; delete it so it is downloaded again, or put a good copy there"
 
 
 def _check_array(name: str, array: np.ndarray, shape: tuple[int, ...], values: str) -> None:
@@ -55,11 +59,10 @@ def load_binarized_mnist(folder: str | None = None) -> dict[str, np.ndarray]:
             )
             splits[split] = np.loadtxt(amat, dtype=np.uint8)
         _save_npz_atomically(npz, **splits)
-    with np.load(npz) as f:
-        missing = {"train", "valid", "test"} - set(f.files)
-        if missing:
-            raise DataError(f"{npz} lacks the arrays {sorted(missing)}: the file is corrupt or not the right one")
-        arrays = {split: f[split] for split in ("train", "valid", "test")}
+    arrays = read_numpy_arrays(npz, ("train", "valid", "test"), advice=_UNREADABLE_FILE_ADVICE)
+    missing = {"train", "valid", "test"} - set(arrays)
+    if missing:
+        raise DataError(f"{npz} lacks the arrays {sorted(missing)}: the file is corrupt or not the right one")
     for split, array in arrays.items():
         _check_array(f"{npz}[{split}]", array, (_BINARIZED_MNIST_SIZES[split], 784), "binary")
     return {split: a.reshape(-1, 1, 28, 28) for split, a in arrays.items()}
@@ -68,11 +71,11 @@ def load_binarized_mnist(folder: str | None = None) -> dict[str, np.ndarray]:
 def _read_mnist_npz(folder: str | None, keys: tuple[str, ...]) -> tuple[Path, dict[str, np.ndarray]]:
     """The arrays ``keys`` of ``mnist.npz`` (found in the data folder, else downloaded)."""
     path = find_or_download("mnist.npz", _MNIST_URL, _MNIST_SHA256, data_dir(folder), "mnist")
-    with np.load(path) as f:
-        missing = set(keys) - set(f.files)
-        if missing:
-            raise DataError(f"{path} lacks the arrays {sorted(missing)}: the file is corrupt or not the right one")
-        return path, {key: f[key] for key in keys}
+    arrays = read_numpy_arrays(path, keys, advice=_UNREADABLE_FILE_ADVICE)
+    missing = set(keys) - set(arrays)
+    if missing:
+        raise DataError(f"{path} lacks the arrays {sorted(missing)}: the file is corrupt or not the right one")
+    return path, arrays
 
 
 def load_mnist(folder: str | None = None) -> dict[str, np.ndarray]:

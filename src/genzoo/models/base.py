@@ -5,12 +5,14 @@ A model learns p_θ(x) over data of a fixed ``data_shape`` and offers
 * ``log_prob(x) -> (B,)``: log p_θ(x) in nats, exact or a bound, as ``likelihood`` says;
 * ``sample(n) -> (n, *data_shape)``: draws from p_θ;
 * ``loss(x) -> scalar``: what training minimizes (the mean negative log-likelihood or bound).
+
+These public methods check their arguments once, here, for every model; a model implements
+``_log_prob``, ``_sample`` and, where training minimizes something else, ``_loss``.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import operator
 import sys
@@ -46,44 +48,10 @@ def _checked_sample_count(n: Any) -> int:
     return count
 
 
-def _checks_sample_input(sample: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Wrap a ``sample(n, generator=None, ...)`` so that a bad ``n`` or ``generator`` is refused
-    before any torch call sees it, and ``n = 0`` gives an empty (0, *data_shape) batch without
-    running the sampler (several samplers reshape by ``(n, -1)``, which zero rows leave undefined)."""
-    if getattr(sample, "_checks_api_input", False):
-        return sample
-
-    @functools.wraps(sample)
-    def checked(self: GenerativeModel, n: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        n = _checked_sample_count(n)
-        # every sampler takes the generator second, by position or by name
-        generator = args[0] if args else kwargs.get("generator")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        if n == 0:
-            return torch.empty((0, *self.data_shape), dtype=self._dtype(), device=self.device)
-        return sample(self, n, *args, **kwargs)
-
-    checked._checks_api_input = True  # type: ignore[attr-defined]
-    return checked
-
-
-def _checks_loss_input(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """Wrap a ``loss(x, ...)`` so that an empty batch is refused: its mean is 0/0, which comes
-    out as NaN, a ZeroDivisionError or a reshape error depending on the model. The shape is
-    checked first, so a wrong shape is reported as such even when the batch is also empty."""
-    if getattr(loss, "_checks_api_input", False):
-        return loss
-
-    @functools.wraps(loss)
-    def checked(self: GenerativeModel, x: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        self._check_input_shape(x)
-        if len(x) == 0:
-            raise ValueError("loss needs at least one example, got an empty batch")
-        return loss(self, x, *args, **kwargs)
-
-    checked._checks_api_input = True  # type: ignore[attr-defined]
-    return checked
+def _checked_generator(generator: Any) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
 
 
 def _checked_data_shape(data_shape: Any) -> tuple[int, ...]:
@@ -116,10 +84,11 @@ def _as_int(value: Any) -> int | None:
 
 
 class GenerativeModel(nn.Module):
-    """Base class: subclasses set ``likelihood`` and ``support`` and implement
-    ``_log_prob`` on flat, validated input and ``sample``. A subclass's own ``sample`` and
-    ``loss`` get the shared argument checks (a count ``n``, a generator, a non-empty batch)
-    without calling for them: ``__init_subclass__`` wraps them."""
+    """Base class: subclasses set ``likelihood`` and ``support`` and implement ``_log_prob`` on
+    flat, validated input and ``_sample`` on a checked count; ``_loss`` where training minimizes
+    something other than the mean NLL. The public ``log_prob``, ``sample`` and ``loss`` check
+    their arguments here, once for every model, and pass extra keywords (a label ``y``, a
+    ``temperature``) on to the model's own method."""
 
     likelihood: ClassVar[Likelihood] = "exact"
     #: what ``log_prob`` returns on binary or 8-bit data where that differs from ``likelihood``
@@ -129,18 +98,6 @@ class GenerativeModel(nn.Module):
     #: "real"; a model whose config has a ``data_kind`` field sets it per instance, and the
     #: trainer fills that field in from the data set's kind unless the config sets it
     support: ClassVar[str] = "binary"
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        # Models override ``sample`` and ``loss`` themselves (ChainRuleModel, PixelAutoregressive,
-        # FlowModel, LatentVariableModel, VQVAE; NADE's fused kernel loss), with their own extra
-        # arguments (y, temperature), so no base-class method sits on every path. Wrapping each
-        # override as its class is created puts the argument checks in this one place instead of
-        # in every model, and covers a new model as soon as it subclasses.
-        super().__init_subclass__(**kwargs)
-        if "sample" in cls.__dict__:
-            cls.sample = _checks_sample_input(cls.__dict__["sample"])
-        if "loss" in cls.__dict__:
-            cls.loss = _checks_loss_input(cls.__dict__["loss"])
 
     def __init__(self, data_shape: tuple[int, ...]):
         super().__init__()
@@ -267,16 +224,32 @@ class GenerativeModel(nn.Module):
             return x.new_empty(0)
         return self._log_prob(x)
 
-    @_checks_loss_input
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood (nats per example): what training minimizes."""
+    def loss(self, x: torch.Tensor, **options: Any) -> torch.Tensor:
+        """What training minimizes (the mean NLL unless the model says otherwise), from a non-empty
+        batch: the mean of none is 0/0, which would surface as NaN or a ZeroDivisionError. The
+        shape is checked first, so a wrong shape is reported as such."""
+        self._check_input_shape(x)
+        if len(x) == 0:
+            raise ValueError("loss needs at least one example, got an empty batch")
+        return self._loss(x, **options)
+
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood (nats per example)."""
         return -self.log_prob(x).mean()
 
     def _log_prob(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    @_checks_sample_input
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:  # pragma: no cover
+    def sample(self, n: int, generator: torch.Generator | None = None, **options: Any) -> torch.Tensor:
+        """``n`` samples, shape (n, *data_shape). ``n = 0`` gives an empty batch without running
+        the sampler (several reshape by (n, -1), which zero rows leave undefined)."""
+        n = _checked_sample_count(n)
+        generator = _checked_generator(generator)
+        if n == 0:
+            return torch.empty((0, *self.data_shape), dtype=self._dtype(), device=self.device)
+        return self._sample(n, generator, **options)
+
+    def _sample(self, n: int, generator: torch.Generator | None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def unflatten(self, x: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ class ChainRuleModel(GenerativeModel):
         return u.to(self.device, self._dtype())
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw n samples with the model's fastest exact sampler."""
         return self.unflatten(self.sample_from_uniforms(self.draw_uniforms(n, generator)))
 

@@ -122,7 +122,7 @@ class NADE(BernoulliAutoregressive):
             return NADELogitsKernel.apply(x, self.W, self.c, self.V, self.b)
         return _NADELogits.apply(x, self.W, self.c, self.V, self.b, self.config.chunk_size)
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
         """The mean of -log p(x). On the kernel path, when gradients will be taken, the kernel's
         training walk computes it and the parameters' gradients in one walk up d."""
         x = self.flatten_input(x)

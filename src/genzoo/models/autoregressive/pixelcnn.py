@@ -168,7 +168,7 @@ class PixelAutoregressive(ChainRuleModel):
             return self._log_prob(x)
         return self._log_prob_given(x, self._labels(y, len(x)))
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
+    def _loss(self, x: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         return -self.log_prob(x, y).mean()
 
     # -- sampling (raster order: ChainRuleModel's generation_order and draw_uniforms) ------
@@ -196,7 +196,7 @@ class PixelAutoregressive(ChainRuleModel):
         return self._draw(self._outputs(x, self._labels(y, len(x)))[:, d], u_d)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, y: torch.Tensor | int | None = None) -> torch.Tensor:
+    def _sample(self, n: int, generator: torch.Generator | None = None, y: torch.Tensor | int | None = None) -> torch.Tensor:
         """n samples (of class y, for a conditional model) by the cached sampler."""
         return self.unflatten(self.sample_from_uniforms(self.draw_uniforms(n, generator), y))
 

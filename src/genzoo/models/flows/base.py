@@ -149,7 +149,7 @@ class FlowModel(GenerativeModel):
 
     # -- sampling --------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None) -> torch.Tensor:
+    def _sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None) -> torch.Tensor:
         """n draws in the data's space (integers 0..L−1 as floats for discrete data), one inverse
         pass; ``temperature`` (default: the config's) scales the base."""
         temperature = self.config.temperature if temperature is None else temperature

@@ -313,7 +313,7 @@ class LatentVariableModel(GenerativeModel):
     def validation_detail(self) -> str:
         return f"IWAE bound, k = {self.config.valid_samples} importance samples"
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
         """The negative training bound (fresh draws; β-weighted KL during warm-up), mean over rows."""
         return -self.training_bound(self.flatten_input(x)).mean()
 
@@ -332,7 +332,7 @@ class LatentVariableModel(GenerativeModel):
         return z.to(self.device, self._dtype())
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ p(z), then x ~ p(x|z): n draws in the data's space."""
         out = self.decoder_output(self.prior_latents(n, generator))
         return self.unflatten(self.observation_sample(out, generator))

@@ -245,7 +245,7 @@ class VQVAE(GenerativeModel):
         indices = indices.reshape(len(x), *self.grid)
         return self._reconstruction_log_prob(self.quantizer.lookup(indices), x) + self._prior_log_prob(indices)
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
         """The current stage's objective, mean over the batch (nats per example). In training mode
         it also moves the codebook (EMA, dead-code restarts; stage one) and counts code usage."""
         x = self.flatten_input(x)
@@ -273,7 +273,7 @@ class VQVAE(GenerativeModel):
 
     # -- sampling and the latent API ------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Codes from the prior, decoded, then x ~ Bernoulli(σ(logits)) with the same generator."""
         codes = bits_to_codes(self.prior.sample(n, generator=generator).reshape(n, -1), self.code_bits, self.grid)
         probs = self.decode(codes.to(self.device)).reshape(n, -1)

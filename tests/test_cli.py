@@ -542,6 +542,18 @@ def test_out_of_memory_is_one_line(monkeypatch, tmp_path, capsys):
     assert "not enough memory" in line and "25600000000000 bytes" in line and "enforce fail" not in line
 
 
+def test_eval_of_a_run_whose_data_file_changed_shape(tmp_path, capsys):
+    data = tmp_path / "data.npy"
+    rng = np.random.default_rng(0)
+    np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))
+    run = tmp_path / "run"
+    assert main(["train", "fvsbn", "--data", str(data), "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    np.save(data, (rng.random((60, 17)) < 0.3).astype(np.float32))
+    assert main(["eval", str(run)]) == 2
+    line = _error_line(capsys)
+    assert "trained on data of shape 16" in line and f"{str(data)!r} now gives 17" in line
+
+
 def test_resume_needs_out(capsys):
     assert main(["train", "made", "--resume"]) == 2
     assert "--resume needs --out" in _error_line(capsys)

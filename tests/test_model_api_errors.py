@@ -107,3 +107,14 @@ def test_build_model_accepts_integer_sizes_of_any_kind(data_shape, expected):
     model = genzoo.build_model("fvsbn", data_shape)
     assert model.data_shape == expected
     assert all(type(s) is int for s in model.data_shape)
+
+
+@pytest.mark.parametrize("data_shape, expected", [
+    ((16,), "this model expects (B, 16)"),
+    ((1, 4, 4), "this model expects (B, 1, 4, 4) or (B, 16)"),
+])
+def test_a_wrong_shape_names_each_accepted_form_once(data_shape, expected):
+    model = genzoo.build_model("fvsbn", data_shape)
+    with pytest.raises(ValueError) as info:
+        model.log_prob(torch.zeros(2, 17))
+    assert str(info.value).endswith(expected)

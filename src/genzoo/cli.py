@@ -450,6 +450,11 @@ def _split_data(payload: dict, split: str, data_dir: str | None,
     of dynamically binarized data as one seeded draw), and its class labels if asked for."""
     config = run_config_from_dict(payload["config"], where="checkpoint")
     data = make_training_data(config.data, data_dir, labels=labels)
+    trained_on = tuple(payload.get("data_shape", data.data_shape))
+    if trained_on != tuple(data.data_shape):  # the run's data file was replaced since training
+        was, now = ("x".join(map(str, shape)) for shape in (trained_on, data.data_shape))
+        raise DataError(f"the run was trained on data of shape {was}, but {config.data.name!r} now gives {now}; "
+                        "the data changed since (score a file of the old shape with --input)")
     x = {"train": data.train_source, "valid": data.valid, "test": data.test}[split]
     y = {"train": data.train_labels, "valid": data.valid_labels, "test": data.test_labels}[split]
     if split == "train" and data.dynamic:

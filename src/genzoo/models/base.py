@@ -133,10 +133,10 @@ class GenerativeModel(nn.Module):
             raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
         shape = tuple(x.shape[1:])
         if x.dim() < 2 or (shape != self.data_shape and shape != (self.num_dims,)):
-            raise ValueError(
-                f"input has shape {tuple(x.shape)}; this model expects (B, {', '.join(map(str, self.data_shape))})"
-                f" or (B, {self.num_dims})"
-            )
+            forms = [f"(B, {', '.join(map(str, self.data_shape))})"]
+            if len(self.data_shape) > 1:  # flat data has one form only
+                forms.append(f"(B, {self.num_dims})")
+            raise ValueError(f"input has shape {tuple(x.shape)}; this model expects {' or '.join(forms)}")
 
     def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
         """Check ``x`` and return it as (B, D): image-shaped or flat input both accepted."""

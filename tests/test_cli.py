@@ -554,6 +554,20 @@ def test_eval_of_a_run_whose_data_file_changed_shape(tmp_path, capsys):
     assert "trained on data of shape 16" in line and f"{str(data)!r} now gives 17" in line
 
 
+def test_eval_of_a_run_whose_data_file_changed_content(tmp_path, capsys):
+    data = tmp_path / "data.npy"
+    rng = np.random.default_rng(0)
+    np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))
+    run = tmp_path / "run"
+    assert main(["train", "fvsbn", "--data", str(data), "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+    assert main(["eval", str(run), "--quiet"]) == 0  # the same file: scored
+    capsys.readouterr()
+    np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))
+    assert main(["eval", str(run)]) == 2
+    assert "is not the data the run was trained on" in _error_line(capsys)
+    assert main(["eval", str(run), "--input", str(data), "--quiet"]) == 0  # what the message suggests
+
+
 def test_resume_needs_out(capsys):
     assert main(["train", "made", "--resume"]) == 2
     assert "--resume needs --out" in _error_line(capsys)

@@ -587,6 +587,28 @@ def test_resume_on_data_of_another_shape_is_refused(tmp_path):
     assert RunFolder(run_dir).last.read_bytes() == before
 
 
+def test_resume_on_other_data_of_the_same_shape_is_refused(tmp_path):
+    data = tmp_path / "data.npy"
+    rng = np.random.default_rng(0)
+    np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1, data=str(data)), run_dir)
+    assert len(load_checkpoint(RunFolder(run_dir).last)["data_sha256"]) == 64
+    np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))  # same shape, other examples
+    with pytest.raises(DataError, match="is not the data the run was trained on"):
+        Trainer.resume(run_dir, epochs=2, progress=False).fit()
+
+
+def test_a_checkpoint_without_a_data_fingerprint_still_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
+    last = RunFolder(run_dir).last
+    payload = load_checkpoint(last)
+    del payload["data_sha256"]  # as written before the fingerprint was kept
+    torch.save(payload, last)
+    assert Trainer.resume(run_dir, epochs=2, progress=False).fit().epochs_completed == 2
+
+
 def test_resume_without_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         Trainer.resume(tmp_path / "nothing-here")

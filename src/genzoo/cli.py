@@ -31,7 +31,7 @@ from genzoo.images import image_format, save_image_grid
 from genzoo.models import list_models
 from genzoo.models.base import model_config_class, model_info
 from genzoo.sampling import check_speculative_pair, speculative_sample
-from genzoo.training import Trainer, load_run
+from genzoo.training import Trainer, check_same_data, load_run
 
 __all__ = ["main", "build_parser"]
 
@@ -450,11 +450,9 @@ def _split_data(payload: dict, split: str, data_dir: str | None,
     of dynamically binarized data as one seeded draw), and its class labels if asked for."""
     config = run_config_from_dict(payload["config"], where="checkpoint")
     data = make_training_data(config.data, data_dir, labels=labels)
-    trained_on = tuple(payload.get("data_shape", data.data_shape))
-    if trained_on != tuple(data.data_shape):  # the run's data file was replaced since training
-        was, now = ("x".join(map(str, shape)) for shape in (trained_on, data.data_shape))
-        raise DataError(f"the run was trained on data of shape {was}, but {config.data.name!r} now gives {now}; "
-                        "the data changed since (score a file of the old shape with --input)")
+    # the run's data file may have been replaced since training: its splits would not be the run's
+    check_same_data(payload, data, data.fingerprint(), config.data.name,
+                    f"cannot score the run's {split} split (score a file with --input instead)")
     x = {"train": data.train_source, "valid": data.valid, "test": data.test}[split]
     y = {"train": data.train_labels, "valid": data.valid_labels, "test": data.test_labels}[split]
     if split == "train" and data.dynamic:

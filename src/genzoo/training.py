@@ -108,6 +108,19 @@ def load_run(run_dir: str | Path, checkpoint: str = "best",
     return run, payload, model_from_checkpoint(payload, path).to(device).eval()
 
 
+def check_same_data(payload: dict[str, Any], data: TrainingData, fingerprint: str, name: str, action: str) -> None:
+    """A DataError, beginning with ``action``, unless ``data`` is what the checkpoint's run was
+    trained on: the same shape and, where the checkpoint records it, the same splits' sha256."""
+    saved = tuple(payload.get("data_shape", data.data_shape))
+    if saved != tuple(data.data_shape):
+        was, now = ("x".join(map(str, shape)) for shape in (saved, data.data_shape))
+        raise DataError(f"{action}: the run was trained on data of shape {was}, but {name!r} now gives {now}; "
+                        "the data changed since")
+    if payload.get("data_sha256", fingerprint) != fingerprint:  # older checkpoints do not record it
+        raise DataError(f"{action}: {name!r} is not the data the run was trained on (its splits' sha256 "
+                        "differs); the data changed since")
+
+
 def load_model(run_dir: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu") -> GenerativeModel:
     """The trained model of a run folder (what ``genzoo train --out RUN_DIR`` wrote), ready to score
     and sample: ``genzoo.load_model("runs/made").log_prob(x)``."""
@@ -293,6 +306,7 @@ class Trainer:
         train_cfg = cfg.train
         seed_everything(train_cfg.seed)
         data = make_training_data(self.config.data, self.data_dir, labels=self._conditional())
+        data_fingerprint = data.fingerprint()
         model = self._build_model(data)
         # the steps skip their per-batch value checks, so the data is checked here, once (a one-line
         # ValueError naming the row); a dynamic draw is binary by construction
@@ -306,7 +320,7 @@ class Trainer:
         stage: str | None = None  # the model's training_stage in the last epoch trained
         if self._resume_payload is not None:
             payload = self._resume_payload
-            self._check_resumed_data(payload, data)
+            self._check_resumed_data(payload, data, data_fingerprint)
             self.run.remove_partial_writes()
             try:
                 model.load_state_dict(payload["model"])
@@ -396,6 +410,7 @@ class Trainer:
                 model_payload = {
                     "config": cfg.to_dict(),
                     "data_shape": list(data.data_shape),
+                    "data_sha256": data_fingerprint,
                     "model": model.state_dict(),
                     "epoch": epoch,
                     "best_valid_nll": best_nll,
@@ -477,14 +492,11 @@ class Trainer:
             return False
         return int(self.config.model.get("num_classes", fields["num_classes"].default)) > 0
 
-    def _check_resumed_data(self, payload: dict[str, Any], data: TrainingData) -> None:
-        """Refuse to resume on data of another shape than the run was trained on (a user's data
-        file replaced since), which would otherwise fail deep inside the weights' loading."""
-        saved = tuple(payload.get("data_shape", data.data_shape))
-        if saved != tuple(data.data_shape):
-            was, now = ("x".join(map(str, shape)) for shape in (saved, data.data_shape))
-            raise DataError(f"cannot resume {self.run.path}: it was trained on data of shape {was}, but "
-                            f"{self.config.data.name!r} now gives {now}; the data changed since")
+    def _check_resumed_data(self, payload: dict[str, Any], data: TrainingData, fingerprint: str) -> None:
+        """Refuse to resume on other data than the run was trained on (a user's data file replaced
+        since): of another shape it would fail deep inside the weights' loading, of the same shape
+        it would silently train on something else."""
+        check_same_data(payload, data, fingerprint, self.config.data.name, f"cannot resume {self.run.path}")
 
     @staticmethod
     def _initialize_from(model: GenerativeModel, path: str) -> None:

@@ -6,6 +6,7 @@ recorded seed, so their scores are comparable across runs.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,15 @@ class TrainingData:
     @property
     def data_shape(self) -> tuple[int, ...]:
         return tuple(self.valid.shape[1:])
+
+    def fingerprint(self) -> str:
+        """sha256 of the splits as a run sees them (the train source, valid, test), kept in its
+        checkpoints so that a later eval or resume can tell that a data file has changed since."""
+        digest = hashlib.sha256()
+        for split in (self.train_source, self.valid, self.test):
+            digest.update(repr(tuple(split.shape)).encode())
+            digest.update(split.detach().cpu().contiguous().numpy())
+        return digest.hexdigest()
 
     def train_epoch(self, generator: torch.Generator) -> torch.Tensor:
         """The training examples for one epoch (a fresh binarization when dynamic)."""

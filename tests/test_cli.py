@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shlex
 import shutil
 import subprocess
@@ -530,6 +531,17 @@ def test_output_paths_are_checked_before_the_work(trained_run, tmp_path, capsys)
 def test_sample_refuses_an_n_that_cannot_fit_in_memory(trained_run, capsys):
     assert main(["sample", str(trained_run), "-n", str(10**14)]) == 2
     assert "GB in memory" in _error_line(capsys)
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="reads Linux's /proc/meminfo")
+def test_available_memory_counts_reclaimable_cache():
+    from genzoo.cli import _available_memory_bytes
+
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    available = _available_memory_bytes()
+    assert available is not None and 0 < available <= total
+    assert available >= 0.5 * free  # MemAvailable adds the reclaimable cache to (most of) the free pages
 
 
 def test_out_of_memory_is_one_line(monkeypatch, tmp_path, capsys):

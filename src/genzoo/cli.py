@@ -420,6 +420,15 @@ def _check_samples_fit_in_memory(n: int, num_dims: int) -> None:
 
 
 def _available_memory_bytes() -> int | None:
+    """Linux's MemAvailable (free memory plus the page cache it can reclaim: free memory alone can
+    be small on a busy machine), else the free physical pages, else None (nothing to check with)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not a POSIX system that reports it

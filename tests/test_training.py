@@ -1,8 +1,10 @@
 """The Trainer: run folders, exact resume, seeding, early stopping, schedules, data checks."""
 from __future__ import annotations
 
+import copy
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +17,8 @@ from conftest import tiny_run_config
 from genzoo.checkpoint import CheckpointError, load_checkpoint
 from genzoo.config import ConfigError, TrainConfig, load_run_config
 from genzoo.data import DataError
+from genzoo.models.autoregressive.made import made_degrees
+from genzoo.nn import MaskedLinear
 from genzoo.training import RunFolder, Trainer, weight_l1_norm
 
 #: metrics that measure wall-clock time, which two identical runs do not share
@@ -438,6 +442,50 @@ def test_a_checkpoint_without_epoch_plans_resumes_under_its_saved_total(tmp_path
     del payload["epoch_plans"]
     genzoo.training.save_checkpoint(payload, last)
     assert Trainer.resume(run_dir, epochs=3, progress=False).fit().epoch_plans == [(0, 2), (2, 3)]
+
+
+def _in_drawn_numbering(tensor: torch.Tensor, rows, columns) -> torch.Tensor:
+    """``tensor`` (a weight, a bias or their Adam moments) as saved before MADE sorted its units."""
+    drawn = tensor.clone()
+    if rows is not None:
+        drawn[rows] = tensor
+    if columns is not None:
+        drawn[:, columns] = drawn.clone()
+    return drawn
+
+
+def test_resuming_an_older_made_checkpoint_relabels_adams_moments_with_the_weights(tmp_path):
+    """A checkpoint saved before hidden units were sorted (weights and Adam's moments in the drawn
+    numbering) resumes exactly as the same run saved in the sorted numbering does."""
+    run_dir = tmp_path / "sorted"
+    _fit(tiny_run_config("made", epochs=1, model_hp={"hidden_sizes": [16, 12]}), run_dir)
+    model = genzoo.build_model("made", (1, 8, 8), hidden_sizes=[16, 12])
+    cfg = model.config
+    drawn = made_degrees(model.num_dims, cfg.hidden_sizes, cfg.order_agnostic, seed=cfg.mask_seed * 100_003)
+    orders, previous = {}, None
+    for i, degrees in enumerate([*drawn[1:], None]):
+        rows = torch.argsort(degrees, stable=True) if degrees is not None else None
+        orders[f"layers.{i}.weight"], orders[f"layers.{i}.bias"] = (rows, previous), (rows, None)
+        previous = rows
+    payload = load_checkpoint(RunFolder(run_dir).last)
+    legacy = {**payload, "model": dict(payload["model"]), "optimizer": copy.deepcopy(payload["optimizer"])}
+    del legacy["model"]["hidden_units_sorted"]
+    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    assert all(isinstance(layer, MaskedLinear) for layer in model.layers), "dense layers keep Adam's shapes"
+    for name, (rows, columns) in orders.items():
+        legacy["model"][name] = _in_drawn_numbering(payload["model"][name], rows, columns)
+        moments = legacy["optimizer"]["state"][index[name]]
+        for key in ("exp_avg", "exp_avg_sq"):
+            moments[key] = _in_drawn_numbering(moments[key], rows, columns)
+    legacy_dir = tmp_path / "legacy"
+    shutil.copytree(run_dir, legacy_dir)
+    torch.save(legacy, RunFolder(legacy_dir).last)
+
+    resumed = {d: Trainer.resume(d, epochs=3, progress=False).fit().model for d in (run_dir, legacy_dir)}
+    for (name, a), b in zip(resumed[run_dir].state_dict().items(), resumed[legacy_dir].state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    for a, b in zip(*(_untimed(RunFolder(d).read_metrics()) for d in (run_dir, legacy_dir)), strict=True):
+        assert a == pytest.approx(b, rel=1e-5), a["epoch"]
 
 
 def test_resume_refuses_optimizer_state_of_other_parameters(tmp_path):

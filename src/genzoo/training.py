@@ -328,6 +328,9 @@ class Trainer:
                 first = str(error).strip().splitlines()[0]
                 raise CheckpointError(f"{self.run.last} does not match this run's model: {first}") from None
             load_optimizer_state(optimizer, payload["optimizer"])
+            for module in model.modules():  # a model inside another (a VQ-VAE's prior) included
+                if isinstance(module, GenerativeModel):
+                    module.relabel_loaded_optimizer_state(optimizer)
             load_scheduler_state(scheduler, payload["scheduler"])
             data_order.set_state(payload["rng"]["data_order"])
             torch.set_rng_state(payload["rng"]["torch"])

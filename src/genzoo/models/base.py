@@ -209,6 +209,10 @@ class GenerativeModel(nn.Module):
         (it would stop before the last stage ran)."""
         return True
 
+    def relabel_loaded_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """After a resume loads the optimizer's state: bring it into the numbering that loading
+        gave the weights, where a model relabels an older checkpoint's (MADE). Nothing by default."""
+
     def epoch_metrics(self) -> dict[str, float]:
         """Model-specific figures of the epoch just trained (e.g. codebook usage), merged by the
         trainer into that epoch's metrics.jsonl record. None by default."""

@@ -116,6 +116,15 @@ def made_direct_mask(degrees: list[torch.Tensor]) -> torch.Tensor:
     return degree_mask(degrees[0], degrees[0], strict=True)
 
 
+def _reorder(tensor: torch.Tensor, rows: torch.Tensor | None, columns: torch.Tensor | None) -> torch.Tensor:
+    """``tensor`` with its columns, then its rows, taken in the given orders (None: as they are)."""
+    if columns is not None:
+        tensor = tensor[:, columns.to(tensor.device)]
+    if rows is not None:
+        tensor = tensor[rows.to(tensor.device)]
+    return tensor
+
+
 @register_model("made", MADEConfig)
 class MADE(BernoulliAutoregressive):
     #: row blocks that cover more of the dense product than this save too little for their calls
@@ -144,6 +153,9 @@ class MADE(BernoulliAutoregressive):
         self.register_load_state_dict_pre_hook(MADE._relabel_checkpoints_in_drawn_numbering)
         self.register_load_state_dict_post_hook(MADE._sync_host_state_after_load)
         self._degrees_on_device: dict[int, list[torch.Tensor]] = {}
+        # layer index -> (row order, column order) that the last load applied to an older
+        # checkpoint's weights, so that a resume can apply them to the optimizer's moments too
+        self._relabelled_on_load: dict[int, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
         self._active_mask = -1
         self.use_mask(0)
         self._store_staircase_layers_by_row_blocks()
@@ -163,6 +175,7 @@ class MADE(BernoulliAutoregressive):
                                                 missing_keys, unexpected_keys, error_msgs) -> None:
         """A one-mask checkpoint saved before hidden units were sorted numbers them as drawn:
         relabel its weights into this model's numbering (the same model, units renamed)."""
+        self._relabelled_on_load = {}
         key = prefix + "hidden_units_sorted"
         saved_sorted = bool(state_dict.get(key, torch.tensor(False)))
         if saved_sorted and not self.sorts_hidden_units:
@@ -178,13 +191,31 @@ class MADE(BernoulliAutoregressive):
             weight_key, bias_key = f"{prefix}layers.{i}.weight", f"{prefix}layers.{i}.bias"
             if weight_key not in state_dict or bias_key not in state_dict:
                 break  # load_state_dict reports the missing keys
-            if previous is not None:
-                state_dict[weight_key] = state_dict[weight_key][:, previous]
-            if degrees is not None:
-                previous = torch.argsort(degrees, stable=True)
-                state_dict[weight_key] = state_dict[weight_key][previous]
-                state_dict[bias_key] = state_dict[bias_key][previous]
+            columns = previous
+            if columns is not None:
+                state_dict[weight_key] = state_dict[weight_key][:, columns]
+            rows = previous = torch.argsort(degrees, stable=True) if degrees is not None else None
+            if rows is not None:
+                state_dict[weight_key] = state_dict[weight_key][rows]
+                state_dict[bias_key] = state_dict[bias_key][rows]
+            self._relabelled_on_load[i] = (rows, columns)
         state_dict[key] = torch.tensor(True)
+
+    @torch.no_grad()
+    def relabel_loaded_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply the relabelling that loading an older checkpoint gave the weights (see
+        ``_relabel_checkpoints_in_drawn_numbering``) to their optimizer state too, so that a resume
+        steps each unit with its own moments. Only dense layers keep their parameters' shapes: a
+        row-block layer's state from such a checkpoint does not fit and is refused on loading."""
+        for i, (rows, columns) in self._relabelled_on_load.items():
+            layer = self.layers[i]
+            if not isinstance(layer, MaskedLinear):
+                continue
+            for param, order in ((layer.weight, (rows, columns)), (layer.bias, (rows, None))):
+                for name, value in optimizer.state.get(param, {}).items():
+                    if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                        optimizer.state[param][name] = _reorder(value, *order)
+        self._relabelled_on_load = {}
 
     @staticmethod
     def _sync_host_state_after_load(module: "MADE", incompatible_keys) -> None:

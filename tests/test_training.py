@@ -622,29 +622,22 @@ def test_resume_removes_half_written_checkpoints(tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
 
 
-def test_resume_on_data_of_another_shape_is_refused(tmp_path):
-    data = tmp_path / "data.npy"
-    rng = np.random.default_rng(0)
-    np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))
-    run_dir = tmp_path / "run"
-    _fit(tiny_run_config("fvsbn", epochs=1, data=str(data)), run_dir)
-    np.save(data, (rng.random((60, 17)) < 0.3).astype(np.float32))  # the user's file replaced
-    before = RunFolder(run_dir).last.read_bytes()
-    with pytest.raises(DataError, match="trained on data of shape 16, but .* now gives 17"):
-        Trainer.resume(run_dir, epochs=2, progress=False).fit()
-    assert RunFolder(run_dir).last.read_bytes() == before
-
-
-def test_resume_on_other_data_of_the_same_shape_is_refused(tmp_path):
+@pytest.mark.parametrize("new_width, message", [
+    (17, "trained on data of shape 16, but .* now gives 17"),
+    (16, "is not the data the run was trained on"),
+], ids=["other-shape", "same-shape"])
+def test_resume_on_a_replaced_data_file_is_refused(tmp_path, new_width, message):
     data = tmp_path / "data.npy"
     rng = np.random.default_rng(0)
     np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))
     run_dir = tmp_path / "run"
     _fit(tiny_run_config("fvsbn", epochs=1, data=str(data)), run_dir)
     assert len(load_checkpoint(RunFolder(run_dir).last)["data_sha256"]) == 64
-    np.save(data, (rng.random((60, 16)) < 0.3).astype(np.float32))  # same shape, other examples
-    with pytest.raises(DataError, match="is not the data the run was trained on"):
+    np.save(data, (rng.random((60, new_width)) < 0.3).astype(np.float32))  # the user's file replaced
+    before = RunFolder(run_dir).last.read_bytes()
+    with pytest.raises(DataError, match=message):
         Trainer.resume(run_dir, epochs=2, progress=False).fit()
+    assert RunFolder(run_dir).last.read_bytes() == before
 
 
 def test_a_checkpoint_without_a_data_fingerprint_still_resumes(tmp_path):

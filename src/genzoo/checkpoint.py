@@ -19,7 +19,7 @@ import torch
 from genzoo.config import ConfigError, run_config_from_dict
 from genzoo.models import GenerativeModel, build_model
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "FORMAT"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "model_from_checkpoint", "FORMAT"]
 
 FORMAT = "genzoo-checkpoint"
 FORMAT_VERSION = 1
@@ -79,9 +79,15 @@ def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoin
         model = build_model(config.model_name, tuple(payload["data_shape"]), **config.model_hyperparameters)
     except (ConfigError, ValueError, KeyError) as error:
         raise CheckpointError(f"checkpoint {path} holds an invalid model config: {error}") from None
+    load_weights(model, payload["model"], f"checkpoint {path} does not match model {config.model_name!r}")
+    return model
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], mismatch: str) -> None:
+    """``model.load_state_dict(state)``; weights that do not fit are a one-line CheckpointError,
+    ``mismatch`` followed by the first line of torch's reason (the rest lists every key)."""
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} does not match model {config.model_name!r}: {first}") from None
-    return model
+        raise CheckpointError(f"{mismatch}: {first}") from None

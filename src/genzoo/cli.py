@@ -183,11 +183,9 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     raw["model"] = model
     set_by_param: dict[tuple[str, str], str] = {}
     for key, value in args.param:
-        table, _, name = key.rpartition(".")
-        if table not in ("", "model", "train", "data"):
-            raise ConfigError(f"-p {key}: unknown table {table!r}; use model., train. or data. (or no prefix for the model)")
-        raw[table or "model"][name] = value
-        set_by_param[(table or "model", name)] = key
+        table, name = _param_target(key)
+        raw[table][name] = value
+        set_by_param[(table, name)] = key
     for option, (table, key, value) in _options_given(args).items():
         if (table, key) in set_by_param:
             # the option would silently win over -p (whose value then goes unchecked)
@@ -196,6 +194,14 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     config = run_config_from_dict(raw, where="command line")
     model_config_class(args.model)  # an unknown model fails here, before any data is read
     return config
+
+
+def _param_target(key: str) -> tuple[str, str]:
+    """(table, key) that ``-p KEY=...`` sets: "train.lr" -> ("train", "lr"); no table means the model."""
+    table, _, name = key.rpartition(".")
+    if table not in ("", "model", "train", "data"):
+        raise ConfigError(f"-p {key}: unknown table {table!r}; use model., train. or data. (or no prefix for the model)")
+    return table or "model", name
 
 
 #: train's options that set a config value: option -> (table, key, argparse dest)
@@ -240,8 +246,7 @@ def _check_resume_arguments(args: argparse.Namespace, run_dir: Path) -> None:
         for table, entries in load_run_config(args.config).to_dict().items():
             wanted.update({(table, key): (value, f"--config {args.config}") for key, value in entries.items()})
     for key, value in args.param:
-        table, _, name = key.rpartition(".")
-        wanted[(table or "model", name)] = (value, f"-p {key}")
+        wanted[_param_target(key)] = (value, f"-p {key}")
     for option, (table, key, value) in _options_given(args).items():
         wanted[(table, key)] = (value, option)
     run_values = saved.to_dict()
@@ -544,9 +549,9 @@ def _cmd_list(args: argparse.Namespace) -> None:
     print(f"  {'name':16s} {'family':15s} {'log_prob':13s} model")
     infos = [model_info(name) for name in list_models()]
     for info in infos:
-        kind = info.likelihood + ("*" if info.likelihood_on_real_data != info.likelihood else "")
+        kind = info.likelihood + ("*" if info.likelihood_depends_on_data else "")
         print(f"  {info.name:16s} {info.family:15s} {kind:13s} {info.title}")
-    if any(info.likelihood_on_real_data != info.likelihood for info in infos):
+    if any(info.likelihood_depends_on_data for info in infos):
         print("  * on binary and 8-bit data (every data set below): a dequantization bound; exact on real-valued data")
     print("data sets:")
     for info in DATASETS.values():

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from genzoo.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from genzoo.checkpoint import CheckpointError, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
 from genzoo.config import RunConfig, TrainConfig, dump_toml, load_run_config
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.download import DataError
@@ -320,13 +320,11 @@ class Trainer:
         stage: str | None = None  # the model's training_stage in the last epoch trained
         if self._resume_payload is not None:
             payload = self._resume_payload
-            self._check_resumed_data(payload, data, data_fingerprint)
+            # a user's data file replaced since: another shape would fail inside the weights' loading,
+            # the same shape would silently train on something else
+            check_same_data(payload, data, data_fingerprint, cfg.data.name, f"cannot resume {self.run.path}")
             self.run.remove_partial_writes()
-            try:
-                model.load_state_dict(payload["model"])
-            except RuntimeError as error:
-                first = str(error).strip().splitlines()[0]
-                raise CheckpointError(f"{self.run.last} does not match this run's model: {first}") from None
+            load_weights(model, payload["model"], f"{self.run.last} does not match this run's model")
             load_optimizer_state(optimizer, payload["optimizer"])
             for module in model.modules():  # a model inside another (a VQ-VAE's prior) included
                 if isinstance(module, GenerativeModel):
@@ -495,22 +493,12 @@ class Trainer:
             return False
         return int(self.config.model.get("num_classes", fields["num_classes"].default)) > 0
 
-    def _check_resumed_data(self, payload: dict[str, Any], data: TrainingData, fingerprint: str) -> None:
-        """Refuse to resume on other data than the run was trained on (a user's data file replaced
-        since): of another shape it would fail deep inside the weights' loading, of the same shape
-        it would silently train on something else."""
-        check_same_data(payload, data, fingerprint, self.config.data.name, f"cannot resume {self.run.path}")
-
     @staticmethod
     def _initialize_from(model: GenerativeModel, path: str) -> None:
         """Load the model weights of checkpoint ``path`` (``[train] init_from``) into ``model``."""
         payload = load_checkpoint(path)  # CheckpointError, one line, if missing or corrupt
         state = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in payload["model"].items()}
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            first = str(error).strip().splitlines()[0]
-            raise CheckpointError(f"init_from: checkpoint {path} does not match this run's model: {first}") from None
+        load_weights(model, state, f"init_from: checkpoint {path} does not match this run's model")
 
     def _start_run_folder(self) -> None:
         if self.overwrite:

@@ -316,6 +316,10 @@ class ModelInfo:
     title: str  #: the model's name as its module's docstring opens, without the reference
     likelihood_on_real_data: str  #: what its log_prob returns on real-valued data, where it accepts them
 
+    @property
+    def likelihood_depends_on_data(self) -> bool:
+        return self.likelihood_on_real_data != self.likelihood
+
 
 def model_info(name: str) -> ModelInfo:
     """A registered model's family, likelihood kind and title (from its module, so the paper's

@@ -38,6 +38,8 @@ ANCHORS = {
     ("made-ensemble-1layer", "static"): "none verified (Germain et al.'s 86.64 is the two-layer made-ensemble)",
     ("made-ensemble-2x2000", "static"): "none (Germain et al.'s 86.64 is made-ensemble, 8,000 units a layer)",
     ("fvsbn", "dynamic"): "96.58 (pytorch-generative)",
+    ("fvsbn-subgrid-spiral", "dynamic"): "96.58 (pytorch-generative, raster order)",
+    ("fvsbn-subgrid-spiral", "static"): "97.45 (Larochelle & Murray 2011, raster order)",
     ("nade", "dynamic"): "85.65 (pytorch-generative)",
     ("made", "dynamic"): "84.87 (pytorch-generative)",
     # IWAE-5000 test bounds, Burda et al. 2016 Table 1 (dynamic binarization)

@@ -64,6 +64,7 @@ EXTRA_VARIANTS: list[tuple[str, dict]] = [
                     "straight_through": True, "k": 2, "eval_samples": 20, "eval_chunk": 8}),
     ("gumbel-vae", {"hidden_sizes": [8], "num_latents": 2, "num_categories": 3, "activation": "tanh",
                     "architecture": "conv", "channels": [3], "data_kind": "grayscale", "eval_samples": 20, "eval_chunk": 8}),
+    ("fvsbn", {"order": "subgrid-spiral"}),  # on flat data: even dimensions first, then odd
     ("made", {"hidden_sizes": [16, 16], "num_masks": 3}),
     ("made", {"hidden_sizes": [16, 16], "num_masks": 1, "order_agnostic": True}),
     ("made", {"hidden_sizes": [16, 16], "num_masks": 3, "order_agnostic": True}),

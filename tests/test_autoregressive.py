@@ -500,3 +500,110 @@ def test_made_masks_are_built_on_the_degrees_device():
     # The model builds each mask where its weights live; "meta" stands in for a GPU on CPU-only CI.
     degrees = [d.to("meta") for d in made_degrees(6, (9,), order_agnostic=True, seed=4)]
     assert all(mask.device.type == "meta" for mask in made_masks(degrees))
+
+
+# -- FVSBN in the spiral orders --------------------------------------------------------------------------
+
+
+def test_spiral_positions_of_a_small_grid():
+    from genzoo.models.autoregressive.orders import spiral_positions
+
+    # 3 × 4 grid, row-major numbers:  0  1  2  3 /  4  5  6  7 /  8  9 10 11
+    assert spiral_positions(3, 4) == [0, 1, 2, 3, 7, 11, 10, 9, 8, 4, 5, 6]
+    assert spiral_positions(4, 1) == [0, 1, 2, 3]
+    assert spiral_positions(1, 1) == [0]
+    for height, width in [(28, 28), (5, 7), (6, 2)]:
+        assert sorted(spiral_positions(height, width)) == list(range(height * width))
+
+
+def test_subgrid_spiral_positions_of_a_small_grid():
+    from genzoo.models.autoregressive.orders import subgrid_spiral_positions
+
+    # 3 × 4 grid:  0  1  2  3 /  4  5  6  7 /  8  9 10 11
+    # even rows & even columns {0, 2, 8, 10} along their spiral, then even & odd {1, 3, 9, 11},
+    # odd & even {4, 6}, odd & odd {5, 7}
+    assert subgrid_spiral_positions(3, 4) == [0, 2, 10, 8, 1, 3, 11, 9, 4, 6, 5, 7]
+    assert subgrid_spiral_positions(1, 5) == [0, 2, 4, 1, 3]
+    for height, width in [(28, 28), (5, 7), (1, 1), (2, 9)]:
+        assert sorted(subgrid_spiral_positions(height, width)) == list(range(height * width))
+
+
+def test_dimension_orders_keep_a_positions_channels_together():
+    from genzoo.models.autoregressive.orders import dimension_order
+
+    assert torch.equal(dimension_order("raster", (2, 3, 3)), torch.arange(18))
+    # two 2 × 2 channels: spiral positions 0, 1, 3, 2, each position's two channels in turn
+    assert dimension_order("spiral", (2, 2, 2)).tolist() == [0, 4, 1, 5, 3, 7, 2, 6]
+    assert dimension_order("spiral", (2, 2)).tolist() == [0, 1, 3, 2]  # no channel axis
+    assert torch.equal(dimension_order("spiral", (5,)), torch.arange(5))  # a flat vector is one row
+    assert dimension_order("subgrid-spiral", (2, 1, 2)).tolist() == [0, 2, 1, 3]
+    with pytest.raises(ValueError, match="unknown order 'zigzag'; known: raster, spiral, subgrid-spiral"):
+        dimension_order("zigzag", (4,))
+
+
+SPIRAL_ORDERS = {  # on a 3 × 3 image
+    "spiral": [0, 1, 2, 5, 8, 7, 6, 3, 4],
+    "subgrid-spiral": [0, 2, 8, 6, 1, 7, 3, 5, 4],
+}
+
+
+def _spiral_fvsbn(data_shape, seed, order="spiral"):
+    return randomize(genzoo.build_model("fvsbn", data_shape, order=order).double(), seed=seed).eval()
+
+
+@pytest.mark.parametrize("order", SPIRAL_ORDERS)
+def test_spiral_fvsbn_sums_to_one_and_is_autoregressive_in_its_order(order):
+    model = _spiral_fvsbn((1, 3, 3), seed=1, order=order)
+    assert model.generation_order().tolist() == SPIRAL_ORDERS[order]
+    assert model.log_prob(all_binary(9)).exp().sum().item() == pytest.approx(1.0, abs=1e-12)
+    _check_autoregressive(model, dense=True)
+    # not the raster model: the centre pixel (last in both orders) depends on the pixels after it in raster order
+    raster = genzoo.build_model("fvsbn", (1, 3, 3)).double()
+    raster.load_state_dict(model.state_dict())
+    assert (model.log_prob(all_binary(9)) - raster.log_prob(all_binary(9))).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("order", SPIRAL_ORDERS)
+def test_spiral_fvsbn_matches_its_formula(order):
+    """log p(x) = Σ_k log p(x_{π_k} | x_{π_<k}) with the order π written out directly."""
+    model = _spiral_fvsbn((1, 3, 3), seed=3, order=order)
+    order = SPIRAL_ORDERS[order]
+    W, b = model.linear.weight, model.linear.bias
+    x = all_binary(9)
+    expected = torch.zeros(len(x), dtype=torch.float64)
+    for k, d in enumerate(order):
+        earlier = order[:k]
+        p = torch.sigmoid(b[d] + x[:, earlier] @ W[d, earlier])
+        expected += torch.where(x[:, d] == 1, p.log(), (1 - p).log())
+    assert torch.allclose(model.log_prob(x), expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("order", SPIRAL_ORDERS)
+@pytest.mark.parametrize("sampler", ["fast", "naive"])
+def test_spiral_fvsbn_samples_follow_its_distribution(sampler, order):
+    # 2 × 3 images, where neither order is the raster one
+    model, other = _spiral_fvsbn((1, 2, 3), 21, order), _spiral_fvsbn((1, 2, 3), 22, order)
+    assert not torch.equal(model.generation_order(), torch.arange(6))
+    probabilities = model.log_prob(all_binary(6)).exp()
+    generator = torch.Generator().manual_seed(1234)
+    if sampler == "fast":
+        x = model.sample(20_000, generator=generator).reshape(20_000, 6)
+    else:
+        x = model.sample_naive(model.draw_uniforms(20_000, generator))
+    assert chisquare_p_value(x, probabilities) > 1e-3
+    assert chisquare_p_value(x, other.log_prob(all_binary(6)).exp()) < 1e-6
+
+
+@pytest.mark.parametrize("order", SPIRAL_ORDERS)
+def test_spiral_fvsbn_fast_sampler_equals_naive_sampler(order):
+    model = _spiral_fvsbn((1, 6, 7), seed=5, order=order)
+    u = torch.rand(200, 42, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    fast = model.sample_from_uniforms(u.clone())
+    assert torch.equal(fast, model.sample_naive(u.clone()))
+    assert len(torch.unique(fast, dim=0)) > 100
+
+
+def test_an_unknown_fvsbn_order_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="order") as info:
+        genzoo.build_model("fvsbn", (1, 4, 4), order="zigzag")
+    assert "zigzag" in str(info.value) and "\n" not in str(info.value)

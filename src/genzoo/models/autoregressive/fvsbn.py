@@ -1,7 +1,11 @@
 """FVSBN: the fully visible sigmoid belief network (Neal 1992; Frey 1998), a logistic
 regression per dimension on the dimensions before it:
 
-    p(x_d = 1 | x_<d) = σ(b_d + Σ_{j<d} W_dj x_j),   W strictly lower triangular.
+    p(x_d = 1 | x_<d) = σ(b_d + Σ_{j<d} W_dj x_j),   W strictly lower triangular,
+
+where "<" is the generation order: raster (the papers'), or ``order = "spiral"`` or
+``"subgrid-spiral"`` (see ``orders.py``), which give the later pixels more of their neighbours;
+W is then strictly lower triangular once its rows and columns are put in that order.
 
 ``log_prob`` is one masked matrix product; sampling updates one logit per step in O(d), so a
 whole sample costs O(D²) — the cost of a single forward pass.
@@ -12,11 +16,13 @@ Larochelle & Murray, "The Neural Autoregressive Distribution Estimator" (AISTATS
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from genzoo.models.autoregressive.base import BernoulliAutoregressive
+from genzoo.models.autoregressive.orders import dimension_order
 from genzoo.models.base import register_model
 from genzoo.nn import MaskedLinear
 
@@ -25,7 +31,8 @@ __all__ = ["FVSBN", "FVSBNConfig"]
 
 @dataclass
 class FVSBNConfig:
-    """FVSBN has no hyperparameters beyond the data shape."""
+    #: the order of the chain rule (see ``orders.py``)
+    order: Literal["raster", "spiral", "subgrid-spiral"] = "raster"
 
 
 @register_model("fvsbn", FVSBNConfig)
@@ -33,18 +40,29 @@ class FVSBN(BernoulliAutoregressive):
     def __init__(self, data_shape: tuple[int, ...], config: FVSBNConfig | None = None):
         super().__init__(data_shape)
         self.config = config or FVSBNConfig()
-        strictly_lower = torch.ones(self.num_dims, self.num_dims).tril(-1)
-        self.linear = MaskedLinear(self.num_dims, self.num_dims, mask=strictly_lower)
+        self.register_buffer("order", dimension_order(self.config.order, self.data_shape), persistent=False)
+        position = torch.empty_like(self.order)
+        position[self.order] = torch.arange(self.num_dims)
+        earlier = position.unsqueeze(0) < position.unsqueeze(1)  # earlier[d, j]: x_j comes before x_d
+        self.linear = MaskedLinear(self.num_dims, self.num_dims, mask=earlier.float())
         nn.init.zeros_(self.linear.weight)
+
+    def generation_order(self) -> torch.Tensor:
+        return self.order.cpu()
 
     def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
 
     @torch.no_grad()
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.linear.masked_weight(), self.linear.bias
-        x = torch.zeros_like(u)
-        for d in range(self.num_dims):
-            logit = bias[d] + x[:, :d] @ weight[d, :d]
-            x[:, d] = (u[:, d] < torch.sigmoid(logit)).to(x.dtype)
+        # in generation order the weights are strictly lower triangular: step k needs x_<k only
+        order = self.order
+        weight = self.linear.masked_weight()[order][:, order]
+        bias, u_in_order = self.linear.bias[order], u[:, order]
+        x_in_order = torch.zeros_like(u)
+        for k in range(self.num_dims):
+            logit = bias[k] + x_in_order[:, :k] @ weight[k, :k]
+            x_in_order[:, k] = (u_in_order[:, k] < torch.sigmoid(logit)).to(u.dtype)
+        x = torch.empty_like(u)
+        x[:, order] = x_in_order
         return x

@@ -41,6 +41,9 @@ PAIRS = {
     # a non-natural generation order: both MADEs draw the same random ordering from mask_seed 0
     "made-order-agnostic<-made": (("made", {"hidden_sizes": [16, 16], "order_agnostic": True}, 1.0),
                                   ("made", {"hidden_sizes": [4], "order_agnostic": True}, 1.0)),
+    # FVSBN's named orders: on a flat vector, subgrid-spiral is the even dimensions, then the odd
+    "fvsbn-subgrid-spiral<-fvsbn-subgrid-spiral": (("fvsbn", {"order": "subgrid-spiral"}, 1.5),
+                                                   ("fvsbn", {"order": "subgrid-spiral"}, 1.5)),
 }
 
 
@@ -170,6 +173,7 @@ def test_reproducible_with_a_generator():
         (("made", (1, 2, 3), {}), ("fvsbn", (6,), {}), "data shape"),
         (("made", (6,), {"order_agnostic": True}), ("fvsbn", (6,), {}), "order"),
         (("made", (6,), {"num_masks": 3}), ("fvsbn", (6,), {}), "mixture"),
+        (("fvsbn", (1, 2, 3), {"order": "spiral"}), ("fvsbn", (1, 2, 3), {}), "order"),
         (("nice", (6,), {"hidden_size": 4, "hidden_layers": 1}), ("fvsbn", (6,), {}), "autoregressive"),
         (("made", (6,), {}), ("nice", (6,), {"hidden_size": 4, "hidden_layers": 1}), "autoregressive"),
     ],

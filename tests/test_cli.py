@@ -2,6 +2,7 @@
 subprocess call of the installed console script)."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -20,7 +21,7 @@ from PIL import Image
 import genzoo
 from genzoo.checkpoint import load_checkpoint, model_from_checkpoint
 from genzoo.cli import main
-from genzoo.config import load_run_config
+from genzoo.config import load_run_config, tomllib
 from genzoo.evaluation import evaluate
 from genzoo.training import RunFolder
 
@@ -329,6 +330,38 @@ def test_list(capsys):
     assert rows["glow"][2] == "lower_bound*" and "exact on real-valued data" in out
     assert rows["made"][1] == "autoregressive" and rows["vae"][1] == "latent" and rows["glow"][1] == "flows"
     assert "MADE: the masked autoencoder for distribution estimation" in out
+
+
+def test_list_a_model_shows_its_hyperparameters(capsys):
+    assert main(["list", "fvsbn"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fvsbn: FVSBN: the fully visible sigmoid belief network (autoregressive; log_prob: exact)")
+    assert '  order = "raster"  (one of "raster", "spiral", "subgrid-spiral")' in out
+    assert "the order of the chain rule" in out
+    assert main(["list", "glow"]) == 0
+    assert "log_prob: lower_bound on binary and 8-bit data, exact on real-valued data" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", genzoo.list_models())
+def test_list_a_model_shows_every_hyperparameter_with_a_default_that_builds_it(name, capsys):
+    """Each listed `key = value` is valid TOML for `-p`, and the listed values build the model."""
+    from genzoo.models.base import model_config_class
+
+    assert main(["list", name]) == 0
+    listed = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  ") and not line.startswith("   ") and " = " in line:
+            key, rest = line.strip().split(" = ", 1)
+            listed[key] = tomllib.loads(f"v = {rest.rsplit('  (', 1)[0]}")["v"]
+    fields = [f.name for f in dataclasses.fields(model_config_class(name)) if f.init]
+    assert list(listed) == fields
+    assert genzoo.build_model(name, (1, 8, 8), **listed).config == genzoo.build_model(name, (1, 8, 8)).config
+
+
+def test_list_an_unknown_model(capsys):
+    assert main(["list", "gpt"]) == 2
+    line = _error_line(capsys)
+    assert "unknown model 'gpt'" in line and "fvsbn" in line
 
 
 def test_a_reader_that_leaves_early_ends_the_command_quietly(monkeypatch, capsys):

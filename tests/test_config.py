@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,44 @@ def test_shipped_configs_are_valid(path):
     if "name" in config.model:
         build_dataclass(model_config_class(config.model_name), config.model_hyperparameters,
                         where=f"{path} [model]")
+
+
+# -- what `genzoo list MODEL` reads from a config class ----------------------------------------------
+
+
+@dataclasses.dataclass
+class _Base:
+    #: the first field,
+    #: described over two lines
+    alpha: int = 1
+    beta: str = "b"  # a plain comment is not documentation
+
+
+@dataclasses.dataclass
+class _Extended(_Base):
+    #: a field of the subclass
+    gamma: typing.Literal["x", "y"] = "x"
+    delta: tuple[int, ...] = (1, 2)
+
+
+def test_field_docs_read_the_doc_comments_of_a_class_and_its_bases():
+    from genzoo.config import field_docs
+
+    assert field_docs(_Extended) == {"alpha": "the first field, described over two lines",
+                                     "gamma": "a field of the subclass"}
+
+
+def test_field_docs_of_a_class_without_source_is_empty():
+    from genzoo.config import field_docs
+
+    made_up = dataclasses.make_dataclass("MadeUp", [("x", int, dataclasses.field(default=0))])
+    assert field_docs(made_up) == {}
+
+
+def test_field_kind_names_literal_choices_and_lists():
+    from genzoo.config import field_kind
+
+    hints = typing.get_type_hints(_Extended)
+    assert field_kind(hints["gamma"]) == 'one of "x", "y"'
+    assert field_kind(hints["delta"]) == "list of int"
+    assert field_kind(hints["alpha"]) == "int"

@@ -11,19 +11,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
 import os
 import sys
+import textwrap
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from genzoo.config import ConfigError, RunConfig, load_run_config, run_config_from_dict, tomllib
+from genzoo.config import (ConfigError, RunConfig, field_docs, field_kind, load_run_config, run_config_from_dict,
+                           toml_value, tomllib)
 from genzoo.data import DATASETS, DataError, load_examples, make_training_data
 from genzoo.devices import resolve_device
 from genzoo.evaluation import evaluate_with_scores
@@ -169,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("--out", type=Path, required=True, metavar="STRIP.png", help="PNG path; the .npy goes beside it")
     add_common(interpolate)
 
-    commands.add_parser("list", help="list models and data sets")
+    listing = commands.add_parser("list", help="list models and data sets, or one model's hyperparameters",
+                                  description="Without MODEL: every model and data set. With MODEL: its "
+                                              "hyperparameters, their defaults and what they do.")
+    listing.add_argument("model", nargs="?", metavar="MODEL", help="a model name, e.g. fvsbn")
     return parser
 
 
@@ -544,7 +551,29 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     print(f"interpolated {args.split} examples {i} and {j} in {args.steps} steps; written to {args.out} and {args.out.with_suffix('.npy')}")
 
 
+def _describe_model(name: str) -> None:
+    info = model_info(name)  # an unknown name fails here, naming the known ones
+    config_class = model_config_class(name)
+    likelihood = info.likelihood + (f" on binary and 8-bit data, {info.likelihood_on_real_data} on real-valued data"
+                                    if info.likelihood_depends_on_data else "")
+    print(f"{name}: {info.title} ({info.family}; log_prob: {likelihood})")
+    fields = [f for f in dataclasses.fields(config_class) if f.init]
+    if not fields:
+        print("no hyperparameters")
+        return
+    print("hyperparameters (-p KEY=VALUE, or the [model] table of a config file):")
+    hints, docs = typing.get_type_hints(config_class), field_docs(config_class)
+    for field in fields:
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        print(f"  {field.name} = {toml_value(default)}  ({field_kind(hints[field.name])})")
+        if field.name in docs:
+            print(textwrap.fill(docs[field.name], width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+
+
 def _cmd_list(args: argparse.Namespace) -> None:
+    if args.model is not None:
+        _describe_model(args.model)
+        return
     print("models:")
     print(f"  {'name':16s} {'family':15s} {'log_prob':13s} model")
     infos = [model_info(name) for name in list_models()]

@@ -18,7 +18,9 @@ Unknown keys and values of the wrong type are refused with the key named.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 import sys
 import types
 import typing
@@ -315,7 +317,8 @@ def _read_toml_text(path: Path) -> str:
                           f"position {error.start}); TOML files must be UTF-8") from None
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` written as TOML, as a config file or ``-p KEY=VALUE`` takes it."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -323,8 +326,43 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The ``#:`` comments written above each field of dataclass ``cls`` (and of the dataclasses
+    it extends), joined into one line per field; {} where the source cannot be read."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        pending: list[str] = []
+        for line in source.splitlines()[1:]:
+            stripped = line.strip()
+            if stripped.startswith("#:"):
+                pending.append(stripped[2:].strip())
+                continue
+            field = re.match(r"(\w+)\s*:", stripped)
+            if field and pending:
+                docs[field.group(1)] = " ".join(pending).replace("``", "")
+            pending = []
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {name: doc for name, doc in docs.items() if name in names}
+
+
+def field_kind(tp: Any) -> str:
+    """A field's type in a reader's words: "one of "a", "b"" for a Literal, else the type's name."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(toml_value(v) for v in args)
+    if origin in (tuple, list) and args:
+        return f"list of {_type_name(args[0])}"
+    return _type_name(tp)
 
 
 def dump_toml(tables: dict[str, dict[str, Any]]) -> str:
@@ -332,6 +370,6 @@ def dump_toml(tables: dict[str, dict[str, Any]]) -> str:
     lines: list[str] = []
     for table, values in tables.items():
         lines.append(f"[{table}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
         lines.append("")
     return "\n".join(lines)

@@ -49,11 +49,13 @@ __all__ = ["MADE", "MADEConfig", "made_degrees", "made_masks", "made_direct_mask
 
 @dataclass
 class MADEConfig:
+    #: units of each hidden layer, input side first
     hidden_sizes: tuple[int, ...] = (500,)
     #: K, the number of masks cycled through in training and averaged over in evaluation
     num_masks: int = 1
     #: give each mask its own random ordering of the inputs (else the natural order)
     order_agnostic: bool = False
+    #: seed of the masks' random degrees (and orderings), fixed so that a model keeps its masks
     mask_seed: int = 0
     #: direct input-to-output connections (masked like an FVSBN), as in the paper's MNIST runs
     direct_connections: bool = False
@@ -62,6 +64,7 @@ class MADEConfig:
     #: (the same model, with fewer weights for Adam to update and, on the CPU, fewer operations);
     #: 0 keeps every layer dense. The masks of a K > 1 ensemble are not staircases and stay dense.
     row_blocks: int = 8
+    #: the smallest layer (in weights) that ``row_blocks`` splits
     row_blocks_min_weights: int = 1 << 18
 
     def __post_init__(self) -> None:

@@ -44,6 +44,7 @@ BACKENDS = ("auto", "kernel", "torch")
 
 @dataclass
 class NADEConfig:
+    #: H, the hidden units shared by every conditional
     hidden_size: int = 500
     #: examples per chunk of the O(B·D·H) hidden-state tensor, to bound memory (PyTorch path)
     chunk_size: int = 8

@@ -13,7 +13,7 @@ from scipy.stats import chisquare
 import genzoo
 from conftest import all_binary, randomize
 from genzoo.cli import main
-from genzoo.sampling import speculative_sample
+from genzoo.sampling import SpeculativeStats, speculative_sample
 
 N = 4
 NUM_SAMPLES = 20_000
@@ -266,6 +266,34 @@ def test_cli_speculative_sampling(runs, tmp_path, capsys):
     assert 0 < rate <= 1
     x = np.load(png.with_suffix(".npy"))
     assert x.shape == (8, 1, 8, 8) and set(np.unique(x)) <= {0, 1}
+
+
+def test_cli_speculative_sampling_in_batches(runs, tmp_path, capsys):
+    """--batch-size bounds the rows drawn at once; the first batch is what a smaller -n draws."""
+    def draw(n, *extra):
+        png = tmp_path / f"spec{n}.png"
+        assert main(["sample", str(runs["target"]), "--sampler", "speculative", "--draft", str(runs["draft"]),
+                     "-n", str(n), "--seed", "3", "--out", str(png), "--quiet", *extra]) == 0
+        return np.load(png.with_suffix(".npy")), capsys.readouterr().out
+
+    small, _ = draw(4)
+    whole, _ = draw(10)
+    assert not np.array_equal(whole[:4], small), "drawn at once, the first rows differ: the test can tell"
+    batched, out = draw(10, "--batch-size", "4")
+    assert batched.shape == (10, 1, 8, 8)
+    assert np.array_equal(batched[:4], small)
+    assert not np.array_equal(batched[4:8], small)  # the next batch continues the generator
+    assert "drew 10 samples" in out and "acceptance rate" in out
+
+
+def test_speculative_statistics_add_up():
+    a = SpeculativeStats(target_calls=3, draft_calls=9, proposed=12, accepted=6, dimensions=20, row_rounds=10)
+    b = SpeculativeStats(target_calls=2, draft_calls=4, proposed=8, accepted=6, dimensions=10, row_rounds=4)
+    total = a + b
+    assert (total.target_calls, total.draft_calls, total.proposed, total.accepted, total.dimensions,
+            total.row_rounds) == (5, 13, 20, 12, 30, 14)
+    assert total.acceptance_rate == pytest.approx(12 / 20)
+    assert sum([a, b], SpeculativeStats()) == total
 
 
 def test_cli_fast_and_naive_transformer_samples_agree(runs, tmp_path):

@@ -34,7 +34,7 @@ from genzoo.evaluation import evaluate_with_scores
 from genzoo.images import image_format, save_image_grid
 from genzoo.models import list_models
 from genzoo.models.base import model_config_class, model_info
-from genzoo.sampling import check_speculative_pair, speculative_sample
+from genzoo.sampling import SpeculativeStats, check_speculative_pair, speculative_sample
 from genzoo.training import Trainer, check_same_data, load_run
 
 __all__ = ["main", "build_parser"]
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--label", type=int, metavar="Y", help="class-conditional models (num_classes > 0): draw samples of class Y")
     sample.add_argument("--batch-size", type=int, default=500,
                         help="samples drawn at a time, to bound memory (default: 500); --seed and the batch size "
-                             "fix the samples. The speculative sampler draws all -n at once")
+                             "fix the samples")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
     add_common(sample)
 
@@ -403,13 +403,15 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     stats = None
     tic = time.perf_counter()
+    sizes = [min(args.batch_size, args.num_samples - start) for start in range(0, args.num_samples, args.batch_size)]
+    bar = tqdm(sizes, desc="sample", unit="batch", leave=False, disable=True if args.quiet else None)
     with torch.no_grad():
         if draft is not None:
-            x, stats = speculative_sample(model, draft, args.num_samples, args.gamma, generator)
+            batches = [speculative_sample(model, draft, n, args.gamma, generator) for n in bar]
+            x = torch.cat([samples for samples, _ in batches])
+            stats = sum((batch_stats for _, batch_stats in batches), SpeculativeStats())
         else:
             draw = _sampler(model, args.sampler, generator, labelled)
-            sizes = [min(args.batch_size, args.num_samples - start) for start in range(0, args.num_samples, args.batch_size)]
-            bar = tqdm(sizes, desc="sample", unit="batch", leave=False, disable=True if args.quiet else None)
             x = torch.cat([draw(n) for n in bar])
     seconds = time.perf_counter() - tic
     png = args.out or run.path / "samples.png"

@@ -58,6 +58,10 @@ class SpeculativeStats:
         """Mean dimensions a row gains per round (1 for plain sampling, up to γ + 1)."""
         return self.dimensions / self.row_rounds if self.row_rounds else float("nan")
 
+    def __add__(self, other: "SpeculativeStats") -> "SpeculativeStats":
+        """The statistics of two draws together (e.g. two batches of samples)."""
+        return SpeculativeStats(**{name: getattr(self, name) + getattr(other, name) for name in asdict(self)})
+
     def to_dict(self) -> dict:
         return {**asdict(self), "acceptance_rate": self.acceptance_rate,
                 "dimensions_per_target_call": self.dimensions_per_target_call}

@@ -56,13 +56,16 @@ class FVSBN(BernoulliAutoregressive):
     @torch.no_grad()
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
         # in generation order the weights are strictly lower triangular: step k needs x_<k only
+        raster = self.config.order == "raster"  # already in generation order: no copies
         order = self.order
-        weight = self.linear.masked_weight()[order][:, order]
-        bias, u_in_order = self.linear.bias[order], u[:, order]
+        weight = self.linear.masked_weight() if raster else self.linear.masked_weight()[order][:, order]
+        bias, u_in_order = (self.linear.bias, u) if raster else (self.linear.bias[order], u[:, order])
         x_in_order = torch.zeros_like(u)
         for k in range(self.num_dims):
             logit = bias[k] + x_in_order[:, :k] @ weight[k, :k]
             x_in_order[:, k] = (u_in_order[:, k] < torch.sigmoid(logit)).to(u.dtype)
+        if raster:
+            return x_in_order
         x = torch.empty_like(u)
         x[:, order] = x_in_order
         return x

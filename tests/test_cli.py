@@ -358,6 +358,18 @@ def test_list_a_model_shows_every_hyperparameter_with_a_default_that_builds_it(n
     assert genzoo.build_model(name, (1, 8, 8), **listed).config == genzoo.build_model(name, (1, 8, 8)).config
 
 
+@pytest.mark.parametrize("name", genzoo.list_models())
+def test_every_hyperparameter_has_a_doc_comment(name):
+    """`genzoo list MODEL` explains each key: a new field needs a #: comment (or a place in a
+    documented run of fields)."""
+    from genzoo.config import field_docs
+    from genzoo.models.base import model_config_class
+
+    config_class = model_config_class(name)
+    undocumented = [f.name for f in dataclasses.fields(config_class) if f.init and f.name not in field_docs(config_class)]
+    assert undocumented == []
+
+
 def test_list_an_unknown_model(capsys):
     assert main(["list", "gpt"]) == 2
     line = _error_line(capsys)

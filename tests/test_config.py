@@ -206,24 +206,29 @@ def test_shipped_configs_are_valid(path):
 
 @dataclasses.dataclass
 class _Base:
-    #: the first field,
+    #: alpha and beta,
     #: described over two lines
     alpha: int = 1
     beta: str = "b"  # a plain comment is not documentation
+
+    epsilon: int = 0  # after a blank line: not in alpha's run
 
 
 @dataclasses.dataclass
 class _Extended(_Base):
     #: a field of the subclass
     gamma: typing.Literal["x", "y"] = "x"
+    #: another
     delta: tuple[int, ...] = (1, 2)
+    zeta: int = 3  # in delta's run
 
 
 def test_field_docs_read_the_doc_comments_of_a_class_and_its_bases():
     from genzoo.config import field_docs
 
-    assert field_docs(_Extended) == {"alpha": "the first field, described over two lines",
-                                     "gamma": "a field of the subclass"}
+    assert field_docs(_Extended) == {"alpha": "alpha and beta, described over two lines",
+                                     "beta": "alpha and beta, described over two lines",
+                                     "gamma": "a field of the subclass", "delta": "another", "zeta": "another"}
 
 
 def test_field_docs_of_a_class_without_source_is_empty():

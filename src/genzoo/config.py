@@ -331,8 +331,10 @@ def toml_value(value: Any) -> str:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The ``#:`` comments written above each field of dataclass ``cls`` (and of the dataclasses
-    it extends), joined into one line per field; {} where the source cannot be read."""
+    """The ``#:`` comments of dataclass ``cls`` (and of the dataclasses it extends), one line per
+    field; {} where the source cannot be read. A comment documents the run of fields right below
+    it (e.g. ``eval_samples``, ``eval_chunk`` and ``eval_seed`` under one comment that names all
+    three), up to the next comment or blank line."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
@@ -341,16 +343,21 @@ def field_docs(cls: type) -> dict[str, str]:
             source = inspect.getsource(klass)
         except (OSError, TypeError):
             continue
-        pending: list[str] = []
+        comment: list[str] = []  # the lines of the comment being read
+        current = ""  # the comment that documents the run of fields being read
         for line in source.splitlines()[1:]:
             stripped = line.strip()
             if stripped.startswith("#:"):
-                pending.append(stripped[2:].strip())
+                comment.append(stripped[2:].strip())
                 continue
             field = re.match(r"(\w+)\s*:", stripped)
-            if field and pending:
-                docs[field.group(1)] = " ".join(pending).replace("``", "")
-            pending = []
+            if field is None:
+                current = ""
+            else:
+                current = " ".join(comment).replace("``", "") if comment else current
+                if current:
+                    docs[field.group(1)] = current
+            comment = []
     names = {f.name for f in dataclasses.fields(cls)}
     return {name: doc for name, doc in docs.items() if name in names}
 

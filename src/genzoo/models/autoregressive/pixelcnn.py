@@ -242,6 +242,7 @@ class PixelModelConfig:
     #: the masked convolutions' kernel (k) and the type-A first layer's (k₀)
     kernel_size: int = 3
     first_kernel_size: int = 7
+    #: channels of the 1×1 convolutions of the output head
     head_channels: int = 32
     #: "binary": Bernoulli pixels; "grayscale": 256-way softmax over 8-bit pixels
     data_kind: Literal["binary", "grayscale"] = "binary"
@@ -258,6 +259,7 @@ class PixelModelConfig:
 class PixelCNNConfig(PixelModelConfig):
     #: features in the residual stream (2h in the paper); the blocks' bottleneck has half as many
     hidden_channels: int = 128
+    #: residual blocks after the first layer
     num_blocks: int = 15
 
     def __post_init__(self) -> None:

@@ -42,6 +42,8 @@ __all__ = ["Transformer", "TransformerConfig", "KVCache", "CachedVerifier"]
 
 @dataclass
 class TransformerConfig:
+    #: decoder blocks (causal self-attention and an MLP each), attention heads per block and
+    #: the width of the token embeddings and residual stream
     num_layers: int = 4
     num_heads: int = 4
     embed_dim: int = 64

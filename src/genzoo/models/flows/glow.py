@@ -53,6 +53,7 @@ class GlowConfig(FlowConfig):
     num_levels: int = 2
     #: K, steps of flow per level
     steps_per_level: int = 8
+    #: channels and convolutional layers of the network inside each affine coupling
     hidden_channels: int = 128
     hidden_layers: int = 2
 

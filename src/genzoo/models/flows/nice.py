@@ -33,10 +33,13 @@ __all__ = ["NICE", "NICEConfig"]
 
 @dataclass
 class NICEConfig(FlowConfig):
+    #: additive coupling layers, and the width and depth of the MLP inside each
     num_couplings: int = 4
     hidden_size: int = 1000
     hidden_layers: int = 5
+    #: the base distribution p_Z (the paper: logistic for MNIST)
     prior: Literal["logistic", "gaussian"] = "logistic"
+    #: discrete data only: "logit" maps y ∈ (0, 1) to R first (Jacobian counted); "none" keeps y
     preprocess: Literal["logit", "none"] = "none"
 
     def __post_init__(self) -> None:

@@ -51,11 +51,14 @@ __all__ = ["RealNVP", "RealNVPConfig", "flow_image_shape"]
 
 @dataclass
 class RealNVPConfig(FlowConfig):
+    #: scales of the multi-scale architecture (each but the last squeezes and factors out half)
     num_scales: int = 2
     #: couplings of each kind per scale (the paper: 3; the last scale has one more checkerboard)
     couplings_per_scale: int = 3
+    #: channels and convolutional layers of the network inside each coupling
     hidden_channels: int = 64
     hidden_layers: int = 2
+    #: normalization inside the coupling networks
     norm: Literal["batch", "actnorm", "none"] = "actnorm"
 
     def __post_init__(self) -> None:

@@ -51,6 +51,7 @@ class GumbelVAEConfig(LatentConfig):
     #: N categorical latents of K classes each (Jang et al.: 30 of 10)
     num_latents: int = 30
     num_categories: int = 10
+    #: MLP hidden layers, encoder side (the decoder mirrors them), and their nonlinearity
     hidden_sizes: tuple[int, ...] = (512, 256)
     activation: Literal["tanh", "relu"] = "relu"
     #: τ = max(tau_min, tau_initial · exp(−anneal_rate · epoch))

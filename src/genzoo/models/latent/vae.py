@@ -66,11 +66,13 @@ class LatentConfig:
 
     #: "binary" (Bernoulli decoder) or "grayscale" (discretized logistic over 0..255); set by the trainer
     data_kind: Literal["binary", "grayscale"] = "binary"
+    #: "mlp": fully connected encoder and decoder; "conv": stride-2 convolutions, then the MLP
     architecture: Literal["mlp", "conv"] = "mlp"
     #: MLP hidden layers between the data and the (first) latent, encoder side; the decoder mirrors them
     hidden_sizes: tuple[int, ...] = (200, 200)
     #: conv only: channels of the stride-2 convolutions in front of the MLP
     channels: tuple[int, ...] = (32, 64)
+    #: the hidden layers' nonlinearity
     activation: Literal["tanh", "relu"] = "tanh"
     #: k of the IWAE bound ``log_prob`` reports, the draws per chunk, and their seed
     eval_samples: int = 5000

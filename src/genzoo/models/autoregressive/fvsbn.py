@@ -16,13 +16,12 @@ Larochelle & Murray, "The Neural Autoregressive Distribution Estimator" (AISTATS
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from genzoo.models.autoregressive.base import BernoulliAutoregressive
-from genzoo.models.autoregressive.orders import dimension_order
+from genzoo.models.autoregressive.orders import OrderName, dimension_order
 from genzoo.models.base import register_model
 from genzoo.nn import MaskedLinear
 
@@ -32,7 +31,7 @@ __all__ = ["FVSBN", "FVSBNConfig"]
 @dataclass
 class FVSBNConfig:
     #: the order of the chain rule (see ``orders.py``)
-    order: Literal["raster", "spiral", "subgrid-spiral"] = "raster"
+    order: OrderName = "raster"
 
 
 @register_model("fvsbn", FVSBNConfig)
@@ -56,16 +55,16 @@ class FVSBN(BernoulliAutoregressive):
     @torch.no_grad()
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
         # in generation order the weights are strictly lower triangular: step k needs x_<k only
-        raster = self.config.order == "raster"  # already in generation order: no copies
-        order = self.order
-        weight = self.linear.masked_weight() if raster else self.linear.masked_weight()[order][:, order]
-        bias, u_in_order = (self.linear.bias, u) if raster else (self.linear.bias[order], u[:, order])
+        weight, bias, u_in_order = self.linear.masked_weight(), self.linear.bias, u
+        permuted = self.config.order != "raster"  # raster is the stored order: no copies
+        if permuted:
+            weight, bias, u_in_order = weight[self.order][:, self.order], bias[self.order], u[:, self.order]
         x_in_order = torch.zeros_like(u)
         for k in range(self.num_dims):
             logit = bias[k] + x_in_order[:, :k] @ weight[k, :k]
             x_in_order[:, k] = (u_in_order[:, k] < torch.sigmoid(logit)).to(u.dtype)
-        if raster:
+        if not permuted:
             return x_in_order
         x = torch.empty_like(u)
-        x[:, order] = x_in_order
+        x[:, self.order] = x_in_order
         return x

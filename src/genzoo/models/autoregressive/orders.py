@@ -25,13 +25,16 @@ position's channels kept together in channel order.
 from __future__ import annotations
 
 import math
+import typing
+from typing import Literal
 
 import torch
 
-__all__ = ["ORDERS", "dimension_order", "spiral_positions", "subgrid_spiral_positions"]
+__all__ = ["ORDERS", "OrderName", "dimension_order", "spiral_positions", "subgrid_spiral_positions"]
 
-#: the named orders a model can be built with
-ORDERS = ("raster", "spiral", "subgrid-spiral")
+#: the named orders a model can be built with (a config field's type, checked on load)
+OrderName = Literal["raster", "spiral", "subgrid-spiral"]
+ORDERS: tuple[str, ...] = typing.get_args(OrderName)
 
 
 def spiral_positions(height: int, width: int) -> list[int]:

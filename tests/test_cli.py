@@ -342,6 +342,16 @@ def test_list_a_model_shows_its_hyperparameters(capsys):
     assert "log_prob: lower_bound on binary and 8-bit data, exact on real-valued data" in capsys.readouterr().out
 
 
+def test_list_a_model_prints_a_comment_shared_by_a_run_of_fields_once_under_the_last(capsys):
+    assert main(["list", "vqvae"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shared = "the prior over the code bits"
+    assert sum(shared in line for line in lines) == 1
+    at = next(i for i, line in enumerate(lines) if shared in line)
+    assert [line.split(" = ")[0].strip() for line in lines[at - 3:at]] == [
+        "prior_model", "prior_hidden_sizes", "prior_hidden_size"]
+
+
 @pytest.mark.parametrize("name", genzoo.list_models())
 def test_list_a_model_shows_every_hyperparameter_with_a_default_that_builds_it(name, capsys):
     """Each listed `key = value` is valid TOML for `-p`, and the listed values build the model."""

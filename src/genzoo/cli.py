@@ -565,11 +565,13 @@ def _describe_model(name: str) -> None:
         return
     print("hyperparameters (-p KEY=VALUE, or the [model] table of a config file):")
     hints, docs = typing.get_type_hints(config_class), field_docs(config_class)
-    for field in fields:
+    for field, following in zip(fields, [*fields[1:], None]):
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         print(f"  {field.name} = {toml_value(default)}  ({field_kind(hints[field.name])})")
-        if field.name in docs:
-            print(textwrap.fill(docs[field.name], width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
+        doc = docs.get(field.name)
+        # a comment that documents a run of fields is printed once, under the last of them
+        if doc and (following is None or docs.get(following.name) != doc):
+            print(textwrap.fill(doc, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
 
 
 def _cmd_list(args: argparse.Namespace) -> None:

@@ -33,7 +33,8 @@ _QUOTED_CELL_LENGTH = 20
 def _read_csv(path: Path) -> np.ndarray:
     rows: list[list[float]] = []
     blank_row: int | None = None  # blank lines may only end the file, so row numbers stay true
-    with open(path, newline="") as f:
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark
+    with open(path, newline="", encoding="utf-8-sig") as f:
         for i, row in enumerate(csv.reader(f)):
             if not row or all(not cell.strip() for cell in row):
                 blank_row = i
@@ -72,11 +73,14 @@ def _not_a_number(cell: str) -> str:
 
 def _as_examples(array: np.ndarray, where: str) -> np.ndarray:
     """Check an array of examples and bring it to (N, D) or (N, C, H, W)."""
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise DataError(f"{where} has dtype {array.dtype}; expected numbers")
     # refused, not cast: torch would silently drop the imaginary part
-    if np.iscomplexobj(array):
+    if array.dtype.kind == "c":
         raise DataError(f"{where} has dtype {array.dtype}; expected real numbers")
+    # bool, integers and floats; numpy also counts timedelta64 as a number
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{where} has dtype {array.dtype}; expected numbers")
+    if not array.dtype.isnative:  # e.g. a big-endian file from another machine: torch takes native order only
+        array = array.astype(array.dtype.newbyteorder("="))
     if array.ndim < 2 or array.ndim > 4:
         raise DataError(f"{where} has shape {array.shape}; expected one example per row: (N, D), (N, H, W) or (N, C, H, W)")
     if len(array) == 0:
@@ -100,8 +104,16 @@ def infer_kind(flat: np.ndarray, where: str) -> str:
         return "grayscale"
     row, col = (int(i) for i in np.argwhere(~eight_bit)[0])
     raise DataError(
-        f"{where}: row {row} has value {flat[row, col]:g} at column {col}; expected binary values (0/1) or 8-bit integers (0..255)"
+        f"{where}: row {row} has value {_exact(flat[row, col])} at column {col}; expected binary values (0/1) "
+        f"or 8-bit integers (0..255)"
     )
+
+
+def _exact(value: np.generic) -> str:
+    """A value as it is stored, so that 1.0000001 does not print as the valid 1."""
+    if np.issubdtype(type(value), np.floating) and np.isfinite(value) and abs(value) < 1e6:
+        return np.format_float_positional(value, trim="-")
+    return f"{value:g}" if np.issubdtype(type(value), np.floating) else str(value)
 
 
 def read_numpy_arrays(path: Path, keys: Iterable[str] | None = None, advice: str = "") -> dict[str, np.ndarray]:
@@ -117,8 +129,13 @@ def read_numpy_arrays(path: Path, keys: Iterable[str] | None = None, advice: str
                     wanted = loaded.files if keys is None else [key for key in keys if key in loaded.files]
                     return {key: loaded[key] for key in wanted}
         # else the other format under this suffix: refused below like any file that is not its suffix's
-    except _INVALID_NUMPY_FILE_ERRORS:
-        pass  # never NumPy's message: bytes it cannot place it takes for a pickle, and suggests allow_pickle=True
+    except OSError as error:  # e.g. no permission to read it
+        raise DataError(f"{path} could not be read: {error.strerror or error}") from None
+    except _INVALID_NUMPY_FILE_ERRORS as error:
+        if "allow_pickle" in str(error) and "Object arrays" in str(error):
+            raise DataError(f"{path} holds an array of Python objects (a pickle), which genzoo never loads: "
+                            f"save numbers instead{advice}") from None
+        # else never NumPy's message: bytes it cannot place it takes for a pickle, and suggests allow_pickle=True
     # "could not be read as": the wording of the user file's other read errors (OSError, a bad .csv)
     raise DataError(f"{path} could not be read as {path.suffix}: it is not a valid {path.suffix} file "
                     f"(corrupt, or not written by numpy){advice}")

@@ -10,7 +10,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from genzoo.data import sources
+from genzoo.data import download, sources
 from genzoo.data.download import DataError
 from genzoo.data.files import USER_FILE_SUFFIXES, infer_kind, load_user_file
 
@@ -104,7 +104,9 @@ def _load_arrays(name: str, folder: str | None, file_state: tuple = ()) -> tuple
 def load_splits(name: str | os.PathLike, data_dir: str | None = None) -> tuple[dict[str, torch.Tensor], Kind]:
     """All three splits as float tensors, with the data kind."""
     name = _checked_name(name)
-    arrays, kind = _load_arrays(name, str(data_dir) if data_dir else None, _cache_key(name))
+    # the folder as resolved now, so that a change of $GENZOO_DATA within a process is seen
+    folder = None if is_user_file(name) else str(download.data_dir(data_dir))
+    arrays, kind = _load_arrays(name, folder, _cache_key(name))
     # torch.tensor copies: callers may change their tensors without touching the cache.
     return {split: torch.tensor(a, dtype=torch.float32) for split, a in arrays.items()}, kind
 

@@ -352,15 +352,20 @@ def test_made_training_cycles_through_the_masks():
         logits = model.conditional_logits(x)
         component.append(-F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(1))
     assert "training_step" in model.state_dict()
+    mixture = torch.logsumexp(torch.stack(component), dim=0) - math.log(K)
     model.train()
     for step in range(7):
         assert int(model.training_step) == step
-        log_p = model.log_prob(x)
+        log_p = model.training_log_prob(x)
         assert int(model.training_step) == step + 1
         assert torch.allclose(log_p, component[step % K], rtol=0, atol=1e-12)
+        # log_prob is the mixture in training mode too, and does not advance the cycle
+        assert torch.allclose(model.log_prob(x), mixture, rtol=0, atol=1e-12)
+        assert int(model.training_step) == step + 1
+    assert torch.allclose(model.loss(x), -component[7 % K].mean(), rtol=0, atol=1e-12)
     # a single-mask MADE does not count steps: training and evaluation agree
     single = genzoo.build_model("made", (D,), hidden_sizes=[8]).train()
-    single.log_prob(x.float())
+    single.training_log_prob(x.float())
     assert int(single.training_step) == 0
 
 
@@ -368,13 +373,13 @@ def test_made_mask_cycle_survives_a_state_dict_round_trip():
     model = genzoo.build_model("made", (5,), hidden_sizes=[8], num_masks=3).train()
     x = torch.zeros(2, 5)
     for _ in range(4):
-        model.log_prob(x)
+        model.training_log_prob(x)
     copy = genzoo.build_model("made", (5,), hidden_sizes=[8], num_masks=3).train()
     for _ in range(2):  # the copy's own cycle is at step 2 before the load (2 % 3 != 4 % 3)
-        copy.log_prob(x)
+        copy.training_log_prob(x)
     copy.load_state_dict(model.state_dict())
     assert int(copy.training_step) == 4
-    copy.log_prob(x)
+    copy.training_log_prob(x)
     assert copy._active_mask == 4 % 3 and int(copy.training_step) == 5
 
 
@@ -385,7 +390,7 @@ def test_made_training_steps_read_nothing_back_from_the_device(monkeypatch):
     D, K = 6, 3
     model = genzoo.build_model("made", (D,), hidden_sizes=[8, 8], num_masks=K).train()
     x = all_binary(D)[:4]
-    model.log_prob(x)  # the first step reads the cycle's position from the buffer
+    model.training_log_prob(x)  # the first step reads the cycle's position from the buffer
     drawn = []
     real_mask_degrees = type(model).mask_degrees
     monkeypatch.setattr(type(model), "mask_degrees", lambda self, k: drawn.append(k) or real_mask_degrees(self, k))

@@ -354,3 +354,33 @@ def test_build_model_converts_lists_to_tuples():
     model = genzoo.build_model("made", 4, hidden_sizes=[5, 6])
     assert model.config.hidden_sizes == (5, 6)
     assert [layer.out_features for layer in model.layers] == [5, 6, 4]
+
+
+@pytest.mark.parametrize("name, hp", MODEL_VARIANTS + [("transformer", {"dropout": 0.5})])
+def test_sampling_is_the_same_in_training_mode_and_leaves_the_mode_alone(name, hp):
+    """Samples come from p_θ however the module is set: no dropout, batch statistics or
+    training-step state while sampling; and each submodule keeps the mode it had."""
+    model = randomize(genzoo.build_model(name, IMAGE_SHAPE, **hp).double(), seed=4)
+    model.train()
+    model.log_prob(random_input(model, 4))  # a model that sets itself up on its first training batch has done so
+    first = next(m for m in model.modules() if m is not model) if len(list(model.modules())) > 1 else model
+    first.eval()  # one submodule in another mode than its parent
+    modes = [m.training for m in model.modules()]
+    in_training = model.sample(5, generator=torch.Generator().manual_seed(7))
+    assert [m.training for m in model.modules()] == modes
+    assert torch.equal(model.sample(5, generator=torch.Generator().manual_seed(7)), in_training)
+    model.eval()
+    assert torch.equal(model.sample(5, generator=torch.Generator().manual_seed(7)), in_training)
+
+
+def test_a_k_mask_made_trains_after_sampling_under_inference_mode():
+    model = genzoo.build_model("made", (6,), hidden_sizes=[16], num_masks=3)
+    optimizer = torch.optim.Adam(model.parameters())
+    x = all_binary(6)[::5]
+    for _ in range(4):  # each step's mask was last built inside inference mode
+        optimizer.zero_grad()
+        model.train().loss(x).backward()
+        optimizer.step()
+        with torch.inference_mode():
+            model.sample(4)
+            model.eval().log_prob(x)

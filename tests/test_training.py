@@ -67,6 +67,8 @@ def test_run_folder_contents(tmp_path):
         assert r["epoch_seconds"] > 0 and r["examples_per_second"] > 0
     # it learns: better than the uniform distribution's 64 ln 2 nats
     assert records[-1]["valid_nll"] < 64 * math.log(2) - 5
+    # the returned model is ready to score, as genzoo.load_model returns it
+    assert not any(m.training for m in result.model.modules())
 
     for path in (run.best, run.last):
         payload = load_checkpoint(path)

@@ -446,7 +446,8 @@ class Trainer:
         records = self.run.read_metrics()
         if records:
             save_loss_curve(records, self.run.loss_curve, title=f"{cfg.model_name} on {cfg.data.name}")
-        best = model_from_checkpoint(load_checkpoint(self.run.best), self.run.best).to(self.device)
+        # ready to score, as load_model returns it: no dropout, a flow's fixed dequantization noise
+        best = model_from_checkpoint(load_checkpoint(self.run.best), self.run.best).to(self.device).eval()
         return TrainResult(best, epoch, best_epoch, best_nll, seconds, stopped_because, data, epoch_plans, fitted_from)
 
     def _train_one_epoch(self, model: GenerativeModel, optimizer: torch.optim.Optimizer, train_x: torch.Tensor,

@@ -37,6 +37,18 @@ __all__ = [
 Likelihood = Literal["exact", "lower_bound", "none"]
 
 
+@contextlib.contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode for the block, then every submodule back in the mode it was in."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _checked_sample_count(n: Any) -> int:
     """``n`` as a Python int, or a one-line error naming it (a bool is refused: ``sample(True)``
     is a slip, not a count of one)."""
@@ -237,21 +249,30 @@ class GenerativeModel(nn.Module):
             raise ValueError("loss needs at least one example, got an empty batch")
         return self._loss(x, **options)
 
+    def training_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p_θ(x) as a training step estimates it, shape (B,): what the default ``loss``
+        averages. ``log_prob`` itself, unless a model trains on one random component of its
+        likelihood per step (MADE with K masks: one mask per minibatch) and overrides this."""
+        return self.log_prob(x)
+
     def _loss(self, x: torch.Tensor) -> torch.Tensor:
         """Mean negative log-likelihood (nats per example)."""
-        return -self.log_prob(x).mean()
+        return -self.training_log_prob(x).mean()
 
     def _log_prob(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def sample(self, n: int, generator: torch.Generator | None = None, **options: Any) -> torch.Tensor:
-        """``n`` samples, shape (n, *data_shape). ``n = 0`` gives an empty batch without running
-        the sampler (several reshape by (n, -1), which zero rows leave undefined)."""
+        """``n`` samples, shape (n, *data_shape), drawn from p_θ in either mode: the sampler runs in
+        eval mode (no dropout, no batch statistics, no training-step state). ``n = 0`` gives an
+        empty batch without running the sampler (several reshape by (n, -1), which zero rows
+        leave undefined)."""
         n = _checked_sample_count(n)
         generator = _checked_generator(generator)
         if n == 0:
             return torch.empty((0, *self.data_shape), dtype=self._dtype(), device=self.device)
-        return self._sample(n, generator, **options)
+        with evaluation_mode(self):
+            return self._sample(n, generator, **options)
 
     def _sample(self, n: int, generator: torch.Generator | None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -267,9 +267,12 @@ class MADE(BernoulliAutoregressive):
         if k == self._active_mask:
             return
         # Built where the weights live: a 8000×8000 layer's mask is 256 MB, which a GPU would
-        # otherwise receive from the host at every training step.
-        degrees = self._device_degrees(k)
-        masks = made_masks(degrees) + ([made_direct_mask(degrees)] if self.direct is not None else [])
+        # otherwise receive from the host at every training step. Never as inference tensors: a
+        # mask built while sampling under torch.inference_mode() is kept, and the next training
+        # step could not save it for its backward pass.
+        with torch.inference_mode(False):
+            degrees = self._device_degrees(k)
+            masks = made_masks(degrees) + ([made_direct_mask(degrees)] if self.direct is not None else [])
         for layer, mask in zip(self.masked_layers(), masks):
             if isinstance(layer, MaskedLinear):  # a layer stored by row blocks keeps mask 0, the only one
                 layer.set_mask(mask, copy=False)
@@ -302,17 +305,28 @@ class MADE(BernoulliAutoregressive):
         return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
 
     def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The K-mask mixture, in either mode: log p(x) = log (1/K) Σ_k p_k(x)."""
         K = self.config.num_masks
-        if self.training and K > 1:
-            # Connectivity-agnostic training: one mask per minibatch, in a fixed cycle.
-            if self._training_step_on_host is None:
-                self._training_step_on_host = int(self.training_step)
-            k = self._training_step_on_host % K
-            self._training_step_on_host += 1
-            self.training_step += 1
-            return self._log_prob_one_mask(x, k)
+        if K == 1:
+            return self._log_prob_one_mask(x, 0)
         per_mask = torch.stack([self._log_prob_one_mask(x, k) for k in range(K)])
         return torch.logsumexp(per_mask, dim=0) - math.log(K)
+
+    def training_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """In training mode with K masks, connectivity-agnostic training: log p_k(x) under one
+        mask per minibatch, k in a fixed cycle; else ``log_prob``."""
+        K = self.config.num_masks
+        if not (self.training and K > 1):
+            return self.log_prob(x)
+        x = self.flatten_input(x)
+        if len(x) == 0:
+            return x.new_empty(0)
+        if self._training_step_on_host is None:
+            self._training_step_on_host = int(self.training_step)
+        k = self._training_step_on_host % K
+        self._training_step_on_host += 1
+        self.training_step += 1
+        return self._log_prob_one_mask(x, k)
 
     def _split_mixture_draws(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Choose each sample's mask uniformly from the first uniform, rescaled so that it stays

@@ -234,8 +234,11 @@ class VQVAE(GenerativeModel):
         logits = self.coder.decode(codes)
         return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
 
-    def _prior_log_prob(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.prior.log_prob(codes_to_bits(indices, self.code_bits).to(self._dtype()))
+    def _prior_log_prob(self, indices: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """log P(codes); ``training``: as the prior's training step estimates it (a K-mask MADE
+        prior: one mask per step)."""
+        bits = codes_to_bits(indices, self.code_bits).to(self._dtype())
+        return self.prior.training_log_prob(bits) if training else self.prior.log_prob(bits)
 
     # -- likelihood and training objective --------------------------------------------------
     def _log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,7 +257,7 @@ class VQVAE(GenerativeModel):
                 indices = self.encode(x)
             if self.training:
                 self.quantizer.usage += torch.bincount(indices.reshape(-1), minlength=self.config.num_codes)
-            return -self._prior_log_prob(indices).mean()
+            return -self._prior_log_prob(indices, training=True).mean()
         z_e = self._encode_continuous(x)
         q = self._quantize(z_e)
         indices = q.indices.reshape(len(x), *self.grid)
@@ -262,7 +265,7 @@ class VQVAE(GenerativeModel):
         objective = objective + self.config.commitment * q.commitment.reshape(len(x), -1).sum(1)
         if not self.quantizer.ema:
             objective = objective + q.codebook_loss.reshape(len(x), -1).sum(1)
-        objective = objective - self._prior_log_prob(indices)  # the prior on detached codes
+        objective = objective - self._prior_log_prob(indices, training=True)  # the prior on detached codes
         if self.training:
             self.quantizer.update(z_e.reshape(-1, self.config.code_dim), q.indices)
         return objective.mean()

@@ -118,3 +118,45 @@ def test_a_wrong_shape_names_each_accepted_form_once(data_shape, expected):
     with pytest.raises(ValueError) as info:
         model.log_prob(torch.zeros(2, 17))
     assert str(info.value).endswith(expected)
+
+
+# -- hyperparameters' values --------------------------------------------------------------------
+
+
+def test_hyperparameters_accept_numpy_integers_and_numbers():
+    model = genzoo.build_model("made", DATA_SHAPE, hidden_sizes=[np.int64(8)], num_masks=np.int32(2))
+    assert model.config.hidden_sizes == (8,) and type(model.config.num_masks) is int
+    assert genzoo.build_model("nade", DATA_SHAPE, hidden_size=np.uint8(6)).config.hidden_size == 6
+    assert genzoo.build_model("glow", DATA_SHAPE, temperature=np.float32(0.5)).config.temperature == 0.5
+
+
+@pytest.mark.parametrize("name, hyperparameters, message", [
+    ("nade", {"hidden_size": np.bool_(True)}, "hidden_size must be an integer"),
+    ("vae", {"eval_seed": 2**64}, "eval_seed must be an integer from -2**63 to 2**63 - 1, got 18446744073709551616"),
+    ("made", {"mask_seed": -(2**63) - 1}, "mask_seed must be an integer from -2**63"),
+    ("glow", {"temperature": float("inf")}, "temperature must be positive and finite, got inf"),
+    ("realnvp", {"temperature": float("nan")}, "temperature must be a number, got nan"),
+])
+def test_hyperparameters_out_of_range_are_refused_by_name(name, hyperparameters, message):
+    with pytest.raises(ValueError) as info:
+        genzoo.build_model(name, DATA_SHAPE, **hyperparameters)
+    assert message in str(info.value)
+
+
+def test_a_large_mask_seed_builds_and_negative_seeds_keep_their_masks():
+    big = genzoo.build_model("made", (6,), hidden_sizes=[8], num_masks=2, mask_seed=2**62)
+    assert big.mask_degrees(1)[1].shape == (8,)
+    # a negative seed draws the masks it drew before seeds were taken modulo 2**64 (torch wraps it so)
+    from genzoo.models.autoregressive.made import made_degrees
+
+    negative = genzoo.build_model("made", (6,), hidden_sizes=[8], num_masks=2, mask_seed=-3, order_agnostic=True)
+    for k in range(2):
+        before = made_degrees(6, (8,), True, seed=-3 * 100_003 + k)
+        assert all(torch.equal(a, b) for a, b in zip(negative.mask_degrees(k), before))
+
+
+@pytest.mark.parametrize("name", ["nice", "realnvp", "glow"])
+@pytest.mark.parametrize("temperature", [0, -1.0, float("inf"), "hot", True])
+def test_a_flow_refuses_a_bad_sampling_temperature(models, name, temperature):
+    with pytest.raises(ValueError, match=r"^temperature must be a positive finite number, got "):
+        models[name].sample(2, temperature=temperature)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import numbers
+import operator
 import re
 import sys
 import types
@@ -94,12 +96,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        # any integer type (NumPy's too), but not a bool
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise ConfigError(f"{key} must be an integer, got {value!r}")
+        value = operator.index(value)
+        # what torch can hold: a seed or size past it fails later with an overflow naming no key
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"{key} must be an integer from -2**63 to 2**63 - 1, got {value}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if math.isnan(value):
+            raise ConfigError(f"{key} must be a number, got nan")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -230,7 +230,8 @@ class MADE(BernoulliAutoregressive):
                             sort_hidden=self.sorts_hidden_units)
 
     def _degree_seed(self, k: int) -> int:
-        return self.config.mask_seed * 100_003 + k
+        # modulo 2**64, as torch takes a seed (a negative one wraps): any int64 mask_seed seeds a generator
+        return (self.config.mask_seed * 100_003 + k) % 2**64
 
     @torch.no_grad()
     def _relabel_initial_hidden_units(self) -> None:

@@ -20,6 +20,7 @@ The trainer fills ``data_kind`` in from the data set unless the config sets it.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,7 +64,7 @@ class FlowConfig:
         require(self.dequant_hidden_size >= 1, f"flow: dequant_hidden_size must be positive, got {self.dequant_hidden_size}")
         require(self.eval_draws >= 1, f"flow: eval_draws must be at least 1, got {self.eval_draws}")
         require(0 <= self.logit_alpha < 0.5, f"flow: logit_alpha must lie in [0, 0.5), got {self.logit_alpha}")
-        require(self.temperature > 0, f"flow: temperature must be positive, got {self.temperature}")
+        require(0 < self.temperature < math.inf, f"flow: temperature must be positive and finite, got {self.temperature}")
 
 
 class StandardNormal(nn.Module):
@@ -152,7 +153,11 @@ class FlowModel(GenerativeModel):
     def _sample(self, n: int, generator: torch.Generator | None = None, temperature: float | None = None) -> torch.Tensor:
         """n draws in the data's space (integers 0..L−1 as floats for discrete data), one inverse
         pass; ``temperature`` (default: the config's) scales the base."""
-        temperature = self.config.temperature if temperature is None else temperature
+        if temperature is None:
+            temperature = self.config.temperature
+        elif (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+              or not 0 < temperature < math.inf):
+            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
         z = self.base.sample((n, *self.latent_shape), generator, self._dtype(), self.device, temperature)
         y = self.transform.inverse(z).reshape(n, self.num_dims)
         if self.levels is not None:

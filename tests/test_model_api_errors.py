@@ -135,7 +135,7 @@ def test_hyperparameters_accept_numpy_integers_and_numbers():
     ("vae", {"eval_seed": 2**64}, "eval_seed must be an integer from -2**63 to 2**63 - 1, got 18446744073709551616"),
     ("made", {"mask_seed": -(2**63) - 1}, "mask_seed must be an integer from -2**63"),
     ("glow", {"temperature": float("inf")}, "temperature must be positive and finite, got inf"),
-    ("realnvp", {"temperature": float("nan")}, "temperature must be a number, got nan"),
+    ("realnvp", {"temperature": float("nan")}, "temperature must be positive and finite, got nan"),
 ])
 def test_hyperparameters_out_of_range_are_refused_by_name(name, hyperparameters, message):
     with pytest.raises(ValueError) as info:

@@ -107,8 +107,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ConfigError(f"{key} must be a number, got {value!r}")
-        if math.isnan(value):
-            raise ConfigError(f"{key} must be a number, got nan")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -56,9 +56,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} is corrupt or not a genzoo checkpoint: it holds objects other than tensors and plain "
             "values, which genzoo refuses to unpickle (that could run code from the file)"
         ) from None
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as error:
-        # the first sentence of torch's reason: the rest is advice about torch.load, not about the file
-        reason = str(error).strip().splitlines()[0].split(". ")[0].rstrip(".") if str(error).strip() else ""
+    except Exception as error:  # noqa: BLE001 - bytes that are no checkpoint make torch's reader fail in many ways
+        # the first sentence of torch's reason: the rest is advice about torch.load, not about the file;
+        # a KeyError's or IndexError's text (a stray byte, "pop from empty list") says nothing, so its type
+        readable = isinstance(error, (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError))
+        reason = str(error).strip().splitlines()[0].split(". ")[0].rstrip(".") if readable and str(error).strip() else ""
         raise CheckpointError(
             f"checkpoint {path} is corrupt or not a genzoo checkpoint ({reason[:200] or type(error).__name__})"
         ) from None
@@ -85,9 +87,13 @@ def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoin
 
 def load_weights(model: torch.nn.Module, state: dict[str, Any], mismatch: str) -> None:
     """``model.load_state_dict(state)``; weights that do not fit are a one-line CheckpointError,
-    ``mismatch`` followed by the first line of torch's reason (the rest lists every key)."""
+    ``mismatch`` followed by torch's first reason, shortened (the whole lists every key)."""
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"{mismatch}: {first}") from None
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        # "Error(s) in loading state_dict for NADE:" says where; the line after it says what
+        reason = " ".join(lines[:2]) if lines and lines[0].endswith(":") else (lines[0] if lines else "")
+        if len(reason) > 300:
+            reason = reason[:300] + "..."
+        raise CheckpointError(f"{mismatch}: {reason}") from None

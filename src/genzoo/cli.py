@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from genzoo.config import (ConfigError, RunConfig, field_docs, field_kind, load_run_config, run_config_from_dict,
                            toml_value, tomllib)
 from genzoo.data import DATASETS, DataError, load_examples, make_training_data
+from genzoo.data.files import read_numpy_arrays
+from genzoo.data.registry import is_user_file
 from genzoo.devices import resolve_device
 from genzoo.evaluation import evaluate_with_scores
 from genzoo.images import image_format, save_image_grid
@@ -70,6 +72,23 @@ def _seed(text: str) -> int:
     return value
 
 
+#: dimensions a speculative sampler's draft proposes per round, unless --gamma says
+SPECULATIVE_GAMMA = 4
+
+
+def _path(text: str) -> Path:
+    """A path option's value; an empty one (an unset shell variable) would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genzoo", description="Train, evaluate and sample deep generative models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -80,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model", description="Train MODEL on a data set; writes a run folder.")
     train.add_argument("model", metavar="MODEL", help=f"one of: {', '.join(list_models())}")
-    train.add_argument("--data", help=f"data set ({', '.join(DATASETS)}) or a .npy/.npz/.csv file (default: from --config, else mnist5k)")
-    train.add_argument("--config", type=Path, help="TOML run config ([model], [data], [train] tables)")
+    train.add_argument("--data", type=_non_empty, help=f"data set ({', '.join(DATASETS)}) or a .npy/.npz/.csv file (default: from --config, else mnist5k)")
+    train.add_argument("--config", type=_path, help="TOML run config ([model], [data], [train] tables)")
     train.add_argument("--epochs", type=int, help="number of epochs")
     train.add_argument("--batch-size", type=_positive_int, help="minibatch size")
     train.add_argument("--lr", type=float, help="Adam learning rate")
@@ -95,40 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-p", "--param", type=_parse_param, action="append", default=[], metavar="KEY=VALUE",
                        help="a config value in TOML syntax: a model hyperparameter (-p hidden_sizes=[500]) or, "
                             "with its table named, any [train] or [data] key (-p train.weight_decay=1e-4); repeatable")
-    train.add_argument("--out", type=Path, help="run folder (default: runs/MODEL-DATA)")
+    train.add_argument("--out", type=_path, help="run folder (default: runs/MODEL-DATA)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="start afresh in --out even if it holds a run (its checkpoints are replaced)")
     train.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     add_common(train)
 
     ev = commands.add_parser("eval", help="test NLL of a trained run", description="Evaluate a run's checkpoint: NLL in nats and bits/dim.")
-    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ev.add_argument("run_dir", type=_path, metavar="RUN_DIR")
     ev_source = ev.add_mutually_exclusive_group()
     ev_source.add_argument("--split", default="test", choices=["train", "valid", "test"],
                            help="data split of the run's data set (default: test)")
-    ev_source.add_argument("--input", type=Path, metavar="FILE",
+    ev_source.add_argument("--input", type=_path, metavar="FILE",
                            help="score every example of this .npy, .csv or single-array .npz file instead of a split "
                                 "(checked like a --data file); the record goes to RUN_DIR/eval_input-NAME.json")
     ev.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ev.add_argument("--batch-size", type=_positive_int, default=500)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
-    ev.add_argument("--scores", type=Path, metavar="OUT.npy|OUT.csv",
+    ev.add_argument("--scores", type=_path, metavar="OUT.npy|OUT.csv",
                     help="also write each example's log p(x) in nats, in input order (a lower bound on it for "
                          "models whose likelihood is lower_bound); .csv adds the NLL in bits/dim")
     add_common(ev)
 
     sample = commands.add_parser("sample", help="draw samples from a trained run", description="Write a PNG grid and a .npy of samples.")
-    sample.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    sample.add_argument("run_dir", type=_path, metavar="RUN_DIR")
     sample.add_argument("-n", "--num-samples", type=int, default=64)
-    sample.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/samples.png); the .npy goes beside it")
+    sample.add_argument("--out", type=_path, help="PNG path (default: RUN_DIR/samples.png); the .npy goes beside it")
     sample.add_argument("--seed", type=_seed, default=0)
     sample.add_argument("--checkpoint", default="best", choices=["best", "last"])
     sample.add_argument("--sampler", default="fast", choices=["fast", "naive", "speculative"],
                         help="fast: the model's own sampler; naive: one full network pass per dimension; "
                              "speculative: a draft model proposes --gamma dimensions, the run's model checks them")
-    sample.add_argument("--draft", type=Path, metavar="DRAFT_RUN_DIR",
+    sample.add_argument("--draft", type=_path, metavar="DRAFT_RUN_DIR",
                         help="run folder of the draft model for --sampler speculative (same data shape and order)")
-    sample.add_argument("--gamma", type=int, default=4, help="dimensions the draft proposes per round (default: 4)")
+    sample.add_argument("--gamma", type=int, help=f"dimensions the draft proposes per round (default: {SPECULATIVE_GAMMA})")
     sample.add_argument("--label", type=int, metavar="Y", help="class-conditional models (num_classes > 0): draw samples of class Y")
     sample.add_argument("--batch-size", type=int, default=500,
                         help="samples drawn at a time, to bound memory (default: 500); --seed and the batch size "
@@ -141,24 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
         source = p.add_mutually_exclusive_group()
         source.add_argument("--split", default="test", choices=["train", "valid", "test"], help="data split of the run's data set (default: test)")
         if input_help:
-            source.add_argument("--input", type=Path, metavar="FILE", help=input_help)
+            source.add_argument("--input", type=_path, metavar="FILE", help=input_help)
         p.add_argument("--checkpoint", default="best", choices=["best", "last"])
         p.add_argument("--batch-size", type=_positive_int, default=500)
 
     encode = commands.add_parser("encode", help="latents of a latent-variable run's data (.npy)",
                                  description="Encode a split (or --input FILE) with a latent-variable model (vae, iwae, "
                                              "gumbel-vae, vqvae): VAE posterior means, or category/code indices.")
-    encode.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    encode.add_argument("run_dir", type=_path, metavar="RUN_DIR")
     add_split_input(encode, input_help="encode the examples of this .npy, .csv or single-array .npz file instead of --split")
-    encode.add_argument("--out", type=Path, required=True, metavar="Z.npy", help="where the latents go")
+    encode.add_argument("--out", type=_path, required=True, metavar="Z.npy", help="where the latents go")
     add_common(encode)
 
     decode = commands.add_parser("decode", help="decode latents (.npy) to an image grid",
                                  description="Decode latents (as written by encode) to the decoder's mean: a PNG grid "
                                              "and a .npy beside it.")
-    decode.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    decode.add_argument("latents", type=Path, metavar="Z.npy")
-    decode.add_argument("--out", type=Path, required=True, metavar="GRID.png", help="PNG path; the .npy of the means goes beside it")
+    decode.add_argument("run_dir", type=_path, metavar="RUN_DIR")
+    decode.add_argument("latents", type=_path, metavar="Z.npy")
+    decode.add_argument("--out", type=_path, required=True, metavar="GRID.png", help="PNG path; the .npy of the means goes beside it")
     decode.add_argument("--checkpoint", default="best", choices=["best", "last"])
     decode.add_argument("--batch-size", type=_positive_int, default=500)
     add_common(decode)
@@ -166,11 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate = commands.add_parser("interpolate", help="decode a straight latent path between two examples",
                                       description="Decoded means along the straight line between the latents of "
                                                   "examples I and J of a split, written as one image row.")
-    interpolate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    interpolate.add_argument("run_dir", type=_path, metavar="RUN_DIR")
     add_split_input(interpolate)
     interpolate.add_argument("--pair", type=int, nargs=2, required=True, metavar=("I", "J"), help="the two examples' indices")
     interpolate.add_argument("--steps", type=int, default=10, help="images in the strip, both ends included (default: 10)")
-    interpolate.add_argument("--out", type=Path, required=True, metavar="STRIP.png", help="PNG path; the .npy goes beside it")
+    interpolate.add_argument("--out", type=_path, required=True, metavar="STRIP.png", help="PNG path; the .npy goes beside it")
     add_common(interpolate)
 
     listing = commands.add_parser("list", help="list models and data sets, or one model's hyperparameters",
@@ -191,6 +210,10 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     set_by_param: dict[tuple[str, str], str] = {}
     for key, value in args.param:
         table, name = _param_target(key)
+        if (table, name) == ("model", "name") and value != args.model:
+            # it would silently replace the model that the command names
+            raise ConfigError(f"-p {key}={value} names another model than the command's {args.model!r}; "
+                              f"train it with: genzoo train {value} ...")
         raw[table][name] = value
         set_by_param[(table, name)] = key
     for option, (table, key, value) in _options_given(args).items():
@@ -200,6 +223,9 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         raw[table][key] = value
     config = run_config_from_dict(raw, where="command line")
     model_config_class(args.model)  # an unknown model fails here, before any data is read
+    if is_user_file(config.data.name) and Path(config.data.name).exists():
+        # as a path from anywhere: eval, sample and --resume may run in another folder
+        config.data.name = str(Path(config.data.name).resolve())
     return config
 
 
@@ -257,12 +283,37 @@ def _check_resume_arguments(args: argparse.Namespace, run_dir: Path) -> None:
     for option, (table, key, value) in _options_given(args).items():
         wanted[(table, key)] = (value, option)
     run_values = saved.to_dict()
+    # a config file's epochs and max_seconds are the run's own unless they differ: then say how to change them
     changes = [f"{source} sets {table}.{key} = {value!r} (the run's: {run_values[table].get(key)!r})"
                for (table, key), (value, source) in wanted.items()
-               if (table, key) not in _RESUME_KEYS and run_values.get(table, {}).get(key) != value]
+               if ((table, key) not in _RESUME_KEYS or source.startswith("--config"))
+               and not _same_value((table, key), run_values.get(table, {}).get(key), value)]
     if changes:
         raise ValueError(f"--resume continues {run_dir} as it was configured, but {'; '.join(changes)}; only "
                          "--epochs and --max-seconds can change (start a new run with another --out for the rest)")
+
+
+def _same_value(key: tuple[str, str], run_value: object, value: object) -> bool:
+    """Whether a command's config value is the run's; a data file may be named by another path."""
+    if run_value == value:
+        return True
+    if key == ("data", "name") and isinstance(value, str) and isinstance(run_value, str) and is_user_file(value):
+        return Path(value).exists() and Path(run_value).exists() and Path(value).resolve() == Path(run_value).resolve()
+    return False
+
+
+def _resume_changes(args: argparse.Namespace) -> dict[str, object]:
+    """The new epochs and max_seconds that a --resume command gives, by option or by -p train.KEY=..."""
+    changes: dict[str, tuple[object, str]] = {}
+    given = [(_param_target(key), value, f"-p {key}") for key, value in args.param]
+    given += [((table, key), value, option) for option, (table, key, value) in _options_given(args).items()]
+    for (table, key), value, source in given:
+        if (table, key) not in _RESUME_KEYS:
+            continue
+        if key in changes:
+            raise ConfigError(f"{table}.{key} is set twice, by {changes[key][1]} and by {source}; keep one")
+        changes[key] = (value, source)
+    return {key: value for key, (value, _) in changes.items()}
 
 
 class Interrupted(Exception):
@@ -278,9 +329,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         if args.out is None:
             raise ValueError("--resume needs --out RUN_DIR")
         _check_resume_arguments(args, args.out)
-        trainer = Trainer.resume(args.out, device, args.data_dir, progress, epochs=args.epochs)
-        if args.max_seconds is not None:
-            trainer.config.train.max_seconds = args.max_seconds  # counts the run's training so far
+        trainer = Trainer.resume(args.out, device, args.data_dir, progress, **_resume_changes(args))
     else:
         config = _train_config(args)
         out = args.out or Path("runs") / f"{args.model}-{Path(config.data.name).stem}"
@@ -310,6 +359,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError(f"--scores {args.scores}: use a .npy or .csv file")
     if args.scores is not None:
         _check_output_path(args.scores, "--scores")
+        if args.input is not None:
+            _check_not_an_input(args.scores, args.input, "--scores")
     device = resolve_device(args.device)
     run, payload, model = load_run(args.run_dir, args.checkpoint, device)
     config = run_config_from_dict(payload["config"], where=str(run.path))
@@ -385,8 +436,9 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     run, _, model = load_run(args.run_dir, args.checkpoint, device)
     _check_samples_fit_in_memory(args.num_samples, model.num_dims)
-    if args.sampler != "speculative" and args.draft is not None:
-        raise ValueError("--draft is only used with --sampler speculative")
+    if args.sampler != "speculative" and (args.draft is not None or args.gamma is not None):
+        raise ValueError(f"{'--draft' if args.draft is not None else '--gamma'} is only used with --sampler speculative")
+    args.gamma = SPECULATIVE_GAMMA if args.gamma is None else args.gamma
     draft = None
     if args.sampler == "speculative":
         if args.draft is None:
@@ -495,6 +547,12 @@ def _check_output_path(path: Path, option: str) -> None:
             break
 
 
+def _check_not_an_input(output: Path, input_file: Path, option: str) -> None:
+    """Refuse to write over the file that the command reads."""
+    if output.exists() and input_file.exists() and output.resolve() == input_file.resolve():
+        raise ValueError(f"{option} would write {output}, the command's own input; choose another name")
+
+
 def _check_image_output(path: Path, option: str = "--out") -> None:
     _check_output_path(path, option)
     image_format(path)
@@ -508,6 +566,10 @@ def _write_images(x: torch.Tensor, png: Path, dtype: type, ncols: int | None = N
 
 def _cmd_encode(args: argparse.Namespace) -> None:
     _check_output_path(args.out, "--out")
+    if args.out.suffix != ".npy":  # np.save would add .npy to any other name
+        raise ValueError(f"--out {args.out}: the latents are written as .npy; give a name ending in .npy")
+    if args.input is not None:
+        _check_not_an_input(args.out, args.input, "--out")
     device = resolve_device(args.device)
     _, payload, model = _load_latent_run(args.run_dir, args.checkpoint, device)
     if args.input is not None:
@@ -527,7 +589,13 @@ def _cmd_decode(args: argparse.Namespace) -> None:
     _, _, model = _load_latent_run(args.run_dir, args.checkpoint, device)
     if not args.latents.is_file():
         raise FileNotFoundError(f"latent file {args.latents} does not exist")
-    z = torch.from_numpy(np.load(args.latents))
+    if args.latents.suffix != ".npy":
+        raise ValueError(f"latent file {args.latents}: expected a .npy file, as encode writes")
+    _check_not_an_input(args.out.with_suffix(".npy"), args.latents, "--out")
+    z = read_numpy_arrays(args.latents)["all"]
+    if z.dtype.kind not in "biuf":
+        raise ValueError(f"{args.latents} holds an array of {z.dtype}; expected numbers")
+    z = torch.from_numpy(z.astype(z.dtype.newbyteorder("="), copy=False))
     if z.dim() < 2 or len(z) == 0:
         raise ValueError(f"{args.latents} holds an array of shape {tuple(z.shape)}; expected one latent per row (N, ...)")
     with torch.no_grad():

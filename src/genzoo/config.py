@@ -194,8 +194,8 @@ class TrainConfig:
     #: the plan
     fit_epochs_to_max_seconds: bool = False
     seed: int = 0
-    #: a checkpoint whose model weights initialize a new run (e.g. stage two of a two-stage model
-    #: from a stage-one run); "" starts from the model's own initialization
+    #: a checkpoint (or a run folder: its best.pt) whose model weights initialize a new run (e.g.
+    #: stage two of a two-stage model from a stage-one run); "" starts from the model's own initialization
     init_from: str = ""
 
     def __post_init__(self) -> None:

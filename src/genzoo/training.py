@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from genzoo.checkpoint import CheckpointError, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
-from genzoo.config import RunConfig, TrainConfig, dump_toml, load_run_config
+from genzoo.config import RunConfig, TrainConfig, dump_toml, load_run_config, run_config_from_dict
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.download import DataError
 from genzoo.devices import resolve_device, seed_everything, tune_cpu_process
@@ -262,19 +262,29 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: str | Path, device: torch.device | str = "cpu", data_dir: str | None = None,
-               progress: bool | None = None, epochs: int | None = None) -> "Trainer":
-        """A trainer that continues the run in ``run_dir`` from its last checkpoint
-        (optionally with a new total number of ``epochs``)."""
+               progress: bool | None = None, epochs: int | None = None,
+               max_seconds: float | None = None) -> "Trainer":
+        """A trainer that continues the run in ``run_dir`` from its last checkpoint, optionally with
+        a new total number of ``epochs`` (kept for later resumes) or a new ``max_seconds`` budget
+        (for this resume; it counts the run's training so far). Both are checked as a new run's."""
         run = RunFolder(Path(run_dir))
         payload = load_checkpoint(run.last)
         config = load_run_config(run.config) if run.config.exists() else None
         if config is None:
             raise CheckpointError(f"{run.config} is missing: cannot resume {run_dir}")
-        if epochs is not None and epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {epochs}")
-        if epochs is not None and epochs != config.train.epochs:
-            config.train.epochs = epochs
-            run.config.write_text(dump_toml(config.to_dict()))  # a later resume keeps the new total
+        changes = {key: value for key, value in (("epochs", epochs), ("max_seconds", max_seconds)) if value is not None}
+        if changes:
+            raw = config.to_dict()
+            raw["train"].update(changes)
+            checked = run_config_from_dict(raw, where="--resume")
+            done = payload.get("epoch")
+            if epochs is not None and isinstance(done, int) and checked.train.epochs < done:
+                raise ValueError(f"--resume: {run_dir} has trained {done} epochs already; "
+                                 f"epochs must be at least {done}, got {checked.train.epochs}")
+            if checked.train.epochs != config.train.epochs:
+                config.train.epochs = checked.train.epochs
+                run.config.write_text(dump_toml(config.to_dict()))  # a later resume keeps the new total
+            config.train.max_seconds = checked.train.max_seconds
         trainer = cls(config, run_dir, device, data_dir, progress)
         trainer._resume_payload = payload
         return trainer
@@ -496,7 +506,10 @@ class Trainer:
 
     @staticmethod
     def _initialize_from(model: GenerativeModel, path: str) -> None:
-        """Load the model weights of checkpoint ``path`` (``[train] init_from``) into ``model``."""
+        """Load the model weights of checkpoint ``path`` (``[train] init_from``; a run folder
+        means its best checkpoint) into ``model``."""
+        if Path(path).is_dir():
+            path = str(RunFolder(Path(path)).best)
         payload = load_checkpoint(path)  # CheckpointError, one line, if missing or corrupt
         state = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in payload["model"].items()}
         load_weights(model, state, f"init_from: checkpoint {path} does not match this run's model")

@@ -142,8 +142,8 @@ class NADE(BernoulliAutoregressive):
         if nade_kernel_available(*tensors):
             return True
         if self.config.backend == "kernel":
-            raise RuntimeError("nade: backend 'kernel' needs float32 tensors on the CPU and a C compiler; "
-                               "use backend = 'auto' to fall back to PyTorch")
+            raise ValueError("nade: backend 'kernel' needs float32 tensors on the CPU and a C compiler; "
+                             "use backend = 'auto' to fall back to PyTorch")
         return False
 
     @torch.no_grad()

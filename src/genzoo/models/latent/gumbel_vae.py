@@ -165,6 +165,10 @@ class GumbelVAE(LatentVariableModel):
             z = F.one_hot(z.long(), self.config.num_categories)
         return z.to(self.device, self._dtype()).reshape(len(z), *self.latent_shape)
 
+    def latent_row_shapes(self) -> dict[tuple[int, ...], str]:
+        N, K = self.latent_shape
+        return {(N,): "index", (N, K): "real", (N * K,): "real"}
+
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The most probable category of each latent under q(z|x): (B, N) int64."""

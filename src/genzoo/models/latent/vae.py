@@ -333,6 +333,22 @@ class LatentVariableModel(GenerativeModel):
         """z as the decoder takes it (a float tensor (B, …)); codes are mapped by subclasses."""
         return z.to(self.device, self._dtype())
 
+    def latent_row_shapes(self) -> dict[tuple[int, ...], str]:  # pragma: no cover - abstract
+        """The shapes of one latent that ``decode`` takes, each with the values it holds: "real"
+        (any finite numbers) or "index" (integers)."""
+        raise NotImplementedError
+
+    def _check_latents(self, z: torch.Tensor) -> None:
+        forms = self.latent_row_shapes()
+        kind = forms.get(tuple(z.shape[1:])) if z.dim() >= 1 else None
+        accepted = " or ".join(f"(B, {', '.join(map(str, shape))})" + (" of integers" if values == "index" else "")
+                               for shape, values in forms.items())
+        if kind is None or (kind == "index") == z.is_floating_point() or z.dtype == torch.bool or z.is_complex():
+            raise ValueError(f"latents must have shape {accepted}, got {tuple(z.shape)} of {z.dtype}")
+        if z.is_floating_point() and not torch.isfinite(z).all():
+            row = int((~torch.isfinite(z.reshape(len(z), -1))).any(1).nonzero()[0])
+            raise ValueError(f"latent row {row} is not finite (NaN or infinity)")
+
     @torch.no_grad()
     def _sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ p(z), then x ~ p(x|z): n draws in the data's space."""
@@ -342,6 +358,7 @@ class LatentVariableModel(GenerativeModel):
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's mean E[x|z], shape (B, *data_shape)."""
+        self._check_latents(z)
         return self.unflatten(self.observation_mean(self.decoder_output(self.latent_point(z))))
 
     @torch.no_grad()
@@ -417,6 +434,9 @@ class VAE(LatentVariableModel):
 
     def decoder_output(self, z: torch.Tensor) -> torch.Tensor:
         return apply_flat(self.decoder, z)
+
+    def latent_row_shapes(self) -> dict[tuple[int, ...], str]:
+        return {(self.config.latent_sizes[0],): "real"}
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,6 @@ setting a command cannot honour is dropped in silence, no input file is written 
 keeps working from another folder."""
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +201,68 @@ def test_init_from_takes_a_run_folder_and_names_a_mismatch(made_run, tmp_path, c
 def test_gamma_without_the_speculative_sampler_is_refused(made_run, tmp_path, capsys):
     assert main(["sample", str(made_run), "-n", "2", "--gamma", "3", "--out", str(tmp_path / "s.png")]) == 2
     assert "--gamma is only used with --sampler speculative" in _error(capsys)
+
+
+# -- checkpoints: Ctrl-C, write order, and files a resume cannot use --------------------------------------
+
+
+def test_ctrl_c_inside_torchs_zip_writer_is_still_a_ctrl_c(tmp_path, monkeypatch):
+    """torch's writer answers a KeyboardInterrupt with its own RuntimeError on closing the zip."""
+    from genzoo.checkpoint import save_checkpoint
+
+    def interrupted_writer(obj, f, *args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 543488 vs 543440")
+
+    monkeypatch.setattr(torch, "save", interrupted_writer)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"model": {}}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_best_is_written_before_last(tmp_path, monkeypatch):
+    import genzoo.training
+
+    written = []
+    real_save = genzoo.training.save_checkpoint
+    monkeypatch.setattr(genzoo.training, "save_checkpoint", lambda payload, path: (written.append(Path(path).name),
+                                                                                    real_save(payload, path)))
+    assert main(["train", "fvsbn", "--data", "digits", "--epochs", "2", "--out", str(tmp_path / "r"), *QUIET]) == 0
+    assert written[:2] == ["best.pt", "last.pt"] and written.count("last.pt") == 2
+
+
+def test_resume_from_a_best_pt_copied_over_last_pt_is_refused(made_run, capsys):
+    run = RunFolder(made_run)
+    run.last.write_bytes(run.best.read_bytes())
+    assert main(["train", "made", "--out", str(made_run), "--resume", "--epochs", "3", *QUIET]) == 2
+    assert "lacks 'optimizer': it is not a last.pt that genzoo train wrote" in _error(capsys)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p["rng"].update(torch=torch.zeros(3)), "random-generator states torch cannot use"),
+    (lambda p: p.update(epoch="2"), "its 'epoch' is a str"),
+    (lambda p: p.update(model=[torch.zeros(2)]), "its config, data shape or model weights are not what genzoo writes"),
+])
+def test_a_damaged_last_pt_is_a_one_line_error(made_run, capsys, damage, message):
+    from genzoo.checkpoint import save_checkpoint
+
+    run = RunFolder(made_run)
+    payload = torch.load(run.last, weights_only=True)
+    damage(payload)
+    save_checkpoint(payload, run.last)
+    assert main(["train", "made", "--out", str(made_run), "--resume", "--epochs", "3", *QUIET]) == 2
+    assert message in _error(capsys)
+
+
+def test_ctrl_c_after_a_resume_with_its_own_budget_says_to_keep_it(made_run, monkeypatch, capsys):
+    import genzoo.training
+
+    def interrupted_fit(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(genzoo.training.Trainer, "fit", interrupted_fit)
+    assert main(["train", "made", "--out", str(made_run), "--resume", "--epochs", "9", "--max-seconds", "60"]) == 130
+    err = capsys.readouterr().err
+    assert f"continue with: genzoo train made --resume --out {made_run} --max-seconds 60" in err

@@ -19,7 +19,7 @@ import torch
 from genzoo.config import ConfigError, run_config_from_dict
 from genzoo.models import GenerativeModel, build_model
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "model_from_checkpoint", "FORMAT"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "check_resumable", "model_from_checkpoint", "FORMAT"]
 
 FORMAT = "genzoo-checkpoint"
 FORMAT_VERSION = 1
@@ -40,8 +40,11 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        # Ctrl-C inside torch's zip writer surfaces as the writer's own RuntimeError: it is the Ctrl-C
+        if not isinstance(error, KeyboardInterrupt) and isinstance(error.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
         raise
 
 
@@ -71,7 +74,29 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("config", "data_shape", "model"):
         if key not in payload:
             raise CheckpointError(f"checkpoint {path} lacks {key!r}: it is incomplete")
+    shape = payload["data_shape"]
+    if (not isinstance(payload["config"], dict) or not isinstance(payload["model"], dict)
+            or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["model"].items())
+            or not isinstance(shape, (list, tuple)) or not all(isinstance(n, int) and n > 0 for n in shape)):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its config, data shape or model weights are not what genzoo writes")
     return payload
+
+
+#: what a resume reads from last.pt beyond the model, with the types genzoo writes
+_RESUME_ENTRIES = {"optimizer": dict, "scheduler": dict, "rng": dict, "epoch": int, "best_valid_nll": (int, float),
+                   "best_epoch": int, "epochs_without_improvement": int, "train_seconds": (int, float)}
+
+
+def check_resumable(payload: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint that a resume cannot continue from, e.g. a best.pt copied over last.pt."""
+    for key, kind in _RESUME_ENTRIES.items():
+        if key not in payload:
+            raise CheckpointError(f"{path} lacks {key!r}: it is not a last.pt that genzoo train wrote "
+                                  "(best.pt holds no optimizer state)")
+        if not isinstance(payload[key], kind) or isinstance(payload[key], bool):
+            raise CheckpointError(f"{path} is corrupt: its {key!r} is a {type(payload[key]).__name__}")
+    if not all(isinstance(payload["rng"].get(key), torch.Tensor) for key in ("data_order", "torch")):
+        raise CheckpointError(f"{path} is corrupt: its random-generator states are missing")
 
 
 def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoint") -> GenerativeModel:

@@ -320,6 +320,13 @@ class Interrupted(Exception):
     """Ctrl-C during a command, with what the user needs to carry on (one line)."""
 
 
+def _budget_option(trainer: Trainer) -> str:
+    """" --max-seconds T" where this command's budget is not the one config.toml keeps (a resume's own)."""
+    budget = trainer.config.train.max_seconds
+    saved = load_run_config(trainer.run.config).train.max_seconds if trainer.run.config.exists() else budget
+    return f" --max-seconds {budget:g}" if budget != saved else ""
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     progress = False if args.quiet else None
@@ -342,7 +349,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         run = trainer.run
         if run.last.exists():
             next_step = (f"{run.last} holds the last saved epoch; continue with: "
-                         f"genzoo train {trainer.config.model_name} --resume --out {run.path}")
+                         f"genzoo train {trainer.config.model_name} --resume --out {run.path}{_budget_option(trainer)}")
         else:
             next_step = f"no epoch was saved yet in {run.path}; start it again with --overwrite"
         raise Interrupted(f"training interrupted; {next_step}") from None
@@ -383,7 +390,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         "dataset": config.data.name,
         "binarization": config.data.binarization,
         "checkpoint": args.checkpoint,
-        "epoch": payload["epoch"],
+        "epoch": payload.get("epoch"),
         **({"input": str(args.input)} if args.input is not None else {}),
         **result.to_dict(),
         "eval_seconds": time.perf_counter() - tic,

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from genzoo.checkpoint import CheckpointError, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
+from genzoo.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_weights, model_from_checkpoint,
+                               save_checkpoint)
 from genzoo.config import RunConfig, TrainConfig, dump_toml, load_run_config, run_config_from_dict
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.download import DataError
@@ -330,6 +331,7 @@ class Trainer:
         stage: str | None = None  # the model's training_stage in the last epoch trained
         if self._resume_payload is not None:
             payload = self._resume_payload
+            check_resumable(payload, self.run.last)
             # a user's data file replaced since: another shape would fail inside the weights' loading,
             # the same shape would silently train on something else
             check_same_data(payload, data, data_fingerprint, cfg.data.name, f"cannot resume {self.run.path}")
@@ -340,8 +342,12 @@ class Trainer:
                 if isinstance(module, GenerativeModel):
                     module.relabel_loaded_optimizer_state(optimizer)
             load_scheduler_state(scheduler, payload["scheduler"])
-            data_order.set_state(payload["rng"]["data_order"])
-            torch.set_rng_state(payload["rng"]["torch"])
+            try:
+                data_order.set_state(payload["rng"]["data_order"])
+                torch.set_rng_state(payload["rng"]["torch"])
+            except (RuntimeError, TypeError) as error:
+                raise CheckpointError(f"{self.run.last} holds random-generator states torch cannot use "
+                                      f"({str(error).splitlines()[0][:120]}): the file is corrupt") from None
             start_epoch = payload["epoch"]
             best_nll, best_epoch = payload["best_valid_nll"], payload["best_epoch"]
             stale, seconds = payload["epochs_without_improvement"], payload["train_seconds"]
@@ -430,6 +436,10 @@ class Trainer:
                     "training_stage": stage,
                     "epoch_plans": [list(plan) for plan in epoch_plans],
                 }
+                # best.pt first: a run stopped between the two writes resumes from the last.pt before,
+                # redoes this epoch and writes both again; the other order would leave a stale best.pt
+                if improved:
+                    save_checkpoint(model_payload, self.run.best)  # evaluation needs no optimizer state
                 if stop or epoch == train_cfg.epochs or epoch % train_cfg.checkpoint_every == 0:
                     save_checkpoint({
                         **model_payload,
@@ -438,8 +448,6 @@ class Trainer:
                         "epochs_without_improvement": stale,
                         "rng": {"data_order": data_order.get_state(), "torch": torch.get_rng_state()},
                     }, self.run.last)
-                if improved:
-                    save_checkpoint(model_payload, self.run.best)  # evaluation needs no optimizer state
                 validated = f", valid NLL {record['valid_nll']:.3f} nats{' (best)' if improved else ''}" if "valid_nll" in record else ""
                 self._say(
                     f"epoch {epoch}/{train_cfg.epochs}: train loss {train_loss:.3f}{validated}, "

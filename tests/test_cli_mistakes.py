@@ -266,3 +266,23 @@ def test_ctrl_c_after_a_resume_with_its_own_budget_says_to_keep_it(made_run, mon
     assert main(["train", "made", "--out", str(made_run), "--resume", "--epochs", "9", "--max-seconds", "60"]) == 130
     err = capsys.readouterr().err
     assert f"continue with: genzoo train made --resume --out {made_run} --max-seconds 60" in err
+
+
+def test_a_flipped_byte_in_the_weights_is_caught_by_their_checksum(tmp_path):
+    from genzoo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    weights = {"w": torch.full((64,), 1234.5), "b": torch.zeros(3, dtype=torch.bfloat16)}
+    path = tmp_path / "c.pt"
+    save_checkpoint({"config": {}, "data_shape": [4], "model": weights}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], weights["w"])
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(np.float32(1234.5).tobytes() * 4) + 21  # inside the weights, not the zip's headers
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="its model weights differ from the sha256 written with them"):
+        load_checkpoint(path)
+    # a checkpoint written before the checksum loads as it did
+    legacy = {**torch.load(tmp_path / "c.pt", weights_only=True)}
+    legacy.pop("model_sha256")
+    torch.save(legacy, path)
+    assert load_checkpoint(path)["model"]["w"].shape == (64,)

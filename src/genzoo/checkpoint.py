@@ -3,10 +3,13 @@
 A checkpoint is a dict of tensors and plain values saved with ``torch.save`` and read back with
 ``torch.load(weights_only=True)``, which refuses anything but tensors and primitive containers,
 so a tampered file cannot run code. It is written to a temporary file beside the target, flushed
-to disk and renamed over it, so a crash mid-write never leaves a half-written checkpoint.
+to disk and renamed over it, so a crash mid-write never leaves a half-written checkpoint. The
+model weights carry their sha256 (``model_sha256``): torch reads tensor bytes without checking
+them, so a flipped bit on disk would otherwise load as a silently different model.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -33,6 +36,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    if isinstance(payload.get("model"), dict):
+        payload["model_sha256"] = weights_sha256(payload["model"])
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -46,6 +51,16 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
         if not isinstance(error, KeyboardInterrupt) and isinstance(error.__context__, KeyboardInterrupt):
             raise KeyboardInterrupt from None
         raise
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -79,6 +94,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["model"].items())
             or not isinstance(shape, (list, tuple)) or not all(isinstance(n, int) and n > 0 for n in shape)):
         raise CheckpointError(f"checkpoint {path} is corrupt: its config, data shape or model weights are not what genzoo writes")
+    # checkpoints written before the checksum have none to check
+    if "model_sha256" in payload and payload["model_sha256"] != weights_sha256(payload["model"]):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its model weights differ from the sha256 written with them")
     return payload
 
 

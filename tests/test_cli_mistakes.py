@@ -3,6 +3,7 @@ setting a command cannot honour is dropped in silence, no input file is written 
 keeps working from another folder."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +287,23 @@ def test_a_flipped_byte_in_the_weights_is_caught_by_their_checksum(tmp_path):
     legacy.pop("model_sha256")
     torch.save(legacy, path)
     assert load_checkpoint(path)["model"]["w"].shape == (64,)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch ran-code-from-a-checkpoint",))
+
+
+def test_a_malicious_pickle_is_refused_in_one_line_without_torchs_warning(tmp_path, monkeypatch):
+    import pickle
+    import warnings
+
+    from genzoo.checkpoint import CheckpointError, load_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"format": "genzoo-checkpoint", "x": _RunsCode()}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(CheckpointError, match="refuses to unpickle"):
+        warnings.simplefilter("always")
+        load_checkpoint(path)
+    assert caught == [] and not (tmp_path / "ran-code-from-a-checkpoint").exists()

@@ -239,3 +239,12 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
     path = tmp_path / "excel.csv"
     path.write_bytes("\ufeff".encode() + b"0,1,1\r\n1,0,0\r\n1,1,1\r\n")
     assert genzoo.load_dataset(str(path), "train").shape[1:] == (3,)
+
+
+def test_a_channels_last_array_is_refused_with_the_fix(tmp_path):
+    np.save(tmp_path / "hwc.npy", np.zeros((10, 8, 8, 1), np.uint8))
+    with pytest.raises(DataError) as info:
+        genzoo.load_dataset(str(tmp_path / "hwc.npy"))
+    assert "looks channels-last (N, H, W, C)" in _one_line(info) and "np.moveaxis(x, -1, 1)" in str(info.value)
+    np.save(tmp_path / "chw.npy", np.zeros((10, 1, 8, 8), np.uint8))
+    assert genzoo.load_dataset(str(tmp_path / "chw.npy")).shape[1:] == (1, 8, 8)

@@ -85,6 +85,10 @@ def _as_examples(array: np.ndarray, where: str) -> np.ndarray:
         raise DataError(f"{where} has shape {array.shape}; expected one example per row: (N, D), (N, H, W) or (N, C, H, W)")
     if len(array) == 0:
         raise DataError(f"{where} holds no examples")
+    if array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] > 4:
+        # read as (N, C, H, W) it would be images of many channels and width 1 or 3
+        raise DataError(f"{where} has shape {array.shape}, which looks channels-last (N, H, W, C); genzoo reads "
+                        f"(N, C, H, W): save np.moveaxis(x, -1, 1) instead")
     array = array.astype(np.float64) if array.dtype == bool else array
     flat = array.reshape(len(array), -1)
     nan_rows = np.isnan(flat).any(axis=1) if np.issubdtype(flat.dtype, np.floating) else np.zeros(len(flat), bool)

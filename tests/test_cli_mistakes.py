@@ -307,3 +307,54 @@ def test_a_malicious_pickle_is_refused_in_one_line_without_torchs_warning(tmp_pa
         warnings.simplefilter("always")
         load_checkpoint(path)
     assert caught == [] and not (tmp_path / "ran-code-from-a-checkpoint").exists()
+
+
+def test_eval_of_one_example_writes_strict_json(made_run, tmp_path):
+    import json
+
+    one = tmp_path / "one.npy"
+    np.save(one, np.zeros((1, 1, 8, 8), np.float32))
+    assert main(["eval", str(made_run), "--input", str(one), "--quiet"]) == 0
+    text = (made_run / "eval_input-one.npy.json").read_text()
+    record = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert record["standard_error_nats"] is None and record["nll_nats"] > 0
+
+
+def test_a_numpy_or_pillow_memory_error_is_one_line(made_run, tmp_path, monkeypatch, capsys):
+    import genzoo.cli
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(genzoo.cli, "save_image_grid", out_of_memory)
+    assert main(["sample", str(made_run), "-n", "4", "--out", str(tmp_path / "s.png"), "--quiet"]) == 2
+    assert "not enough memory for this command" in _error(capsys)
+
+
+def test_the_sample_memory_check_counts_the_grid(made_run, monkeypatch, capsys):
+    import genzoo.cli
+
+    # 100,000 samples of 64 values: 25.6 MB as float32, about 230 MB with the grid
+    monkeypatch.setattr(genzoo.cli, "_available_memory_bytes", lambda: 100_000_000)
+    assert main(["sample", str(made_run), "-n", "100000", "--quiet"]) == 2
+    assert "need about 0.2 GB in memory (the samples, their .npy and the PNG grid)" in _error(capsys)
+
+
+def test_sample_grids_are_scaled_by_the_models_support_not_by_the_values(made_run, tmp_path, monkeypatch):
+    """A grayscale model's samples of levels 0 and 1 are near-black images, not white bits."""
+    import genzoo.cli
+
+    data = tmp_path / "dark.npy"
+    levels = np.random.default_rng(0).integers(0, 2, (60, 1, 4, 4)).astype(np.uint8)
+    levels[0, 0, 0, 0] = 255  # 8-bit data, mostly of levels 0 and 1
+    np.save(data, levels)
+    run = tmp_path / "run"
+    assert main(["train", "pixelcnn", "--data", str(data), "--epochs", "1", "-p", "hidden_channels=8",
+                 "-p", "num_blocks=1", "-p", "head_channels=8", "--out", str(run), *QUIET]) == 0
+    ranges = []
+    real_grid = genzoo.cli.save_image_grid
+    monkeypatch.setattr(genzoo.cli, "save_image_grid",
+                        lambda x, png, **kw: (ranges.append(kw["value_range"]), real_grid(x, png, **kw)))
+    for source in (run, made_run):
+        assert main(["sample", str(source), "-n", "4", "--out", str(tmp_path / "s.png"), "--quiet"]) == 0
+    assert ranges == ["8-bit", "unit"]

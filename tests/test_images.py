@@ -52,3 +52,22 @@ def test_loss_curve(tmp_path):
 def test_loss_curve_with_few_points(tmp_path, n):
     records = [{"epoch": e, "train_loss": 1.0, "valid_nll": 1.0} for e in range(1, n + 1)]
     assert save_loss_curve(records, tmp_path / "curve.png").is_file()
+
+
+def test_a_dark_8bit_image_is_scaled_by_its_range_not_its_values():
+    dark = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]])  # 8-bit gray levels 0 and 1: nearly black
+    assert as_images(dark, "8-bit").max() == 1
+    assert as_images(dark, "unit").max() == 255  # bits or Bernoulli means
+    assert as_images(dark).max() == 255  # guessed from the values, as before
+
+
+def test_three_channels_make_a_colour_grid_and_other_counts_sit_side_by_side(tmp_path):
+    rgb = torch.zeros(2, 3, 4, 5)
+    rgb[:, 0] = 1.0  # red
+    images = as_images(rgb)
+    assert images.shape == (2, 4, 5, 3) and (images[..., 0] == 255).all() and (images[..., 1:] == 0).all()
+    path = save_image_grid(rgb, tmp_path / "rgb.png", zoom=1, padding=0)
+    assert Image.open(path).mode == "RGB" and Image.open(path).getpixel((0, 0)) == (255, 0, 0)
+    two = torch.stack([torch.zeros(4, 5), torch.ones(4, 5)], dim=0).expand(3, 2, 4, 5)
+    tiled = as_images(two)
+    assert tiled.shape == (3, 4, 10) and (tiled[:, :, :5] == 0).all() and (tiled[:, :, 5:] == 255).all()

@@ -396,7 +396,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         "eval_seconds": time.perf_counter() - tic,
         "device": str(device),
     }
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    # strict JSON: a figure that does not exist (the standard error of one example) is null, not NaN
+    record = {key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in record.items()}
+    out.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     print(result.describe())
     print(f"written to {out}")
     if args.scores is not None:
@@ -474,7 +476,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
             x = torch.cat([draw(n) for n in bar])
     seconds = time.perf_counter() - tic
     png = args.out or run.path / "samples.png"
-    _write_images(x, png, np.float32 if model.support == "real" else np.uint8)
+    _write_images(x, png, np.float32 if model.support == "real" else np.uint8, support=model.support)
     print(f"drew {args.num_samples} samples in {seconds:.3f} s ({args.num_samples / seconds:.1f} samples/s, {args.sampler} sampler)")
     if stats is not None:
         print(f"speculative: gamma {args.gamma}, acceptance rate {stats.acceptance_rate:.3f}, "
@@ -482,14 +484,20 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     print(f"written to {png} and {png.with_suffix('.npy')}")
 
 
+#: peak bytes per sampled value: the float32 samples, the .npy's copy, the image conversion's float
+#: and uint8 copies and the grid zoomed 4× (16 pixels a value); 32.5 measured for 8×8 samples
+SAMPLE_BYTES_PER_VALUE = 36
+
+
 def _check_samples_fit_in_memory(n: int, num_dims: int) -> None:
     """Refuse an -n whose samples (kept in memory for the grid and the .npy) could not fit, instead
     of drawing until the machine runs out."""
-    needed = 4 * n * num_dims
+    needed = SAMPLE_BYTES_PER_VALUE * n * num_dims
     available = _available_memory_bytes()
     if available is not None and needed > available:
-        raise ValueError(f"-n {n}: {n} samples of {num_dims} values need {needed / 1e9:,.1f} GB in memory, "
-                         f"and {available / 1e9:,.1f} GB are available; draw fewer")
+        raise ValueError(f"-n {n}: {n} samples of {num_dims} values need about {needed / 1e9:,.1f} GB in memory "
+                         f"(the samples, their .npy and the PNG grid), and {available / 1e9:,.1f} GB are available; "
+                         "draw fewer")
 
 
 def _available_memory_bytes() -> int | None:
@@ -565,9 +573,11 @@ def _check_image_output(path: Path, option: str = "--out") -> None:
     image_format(path)
 
 
-def _write_images(x: torch.Tensor, png: Path, dtype: type, ncols: int | None = None) -> None:
-    """A PNG grid of ``x`` and the array itself beside it (same name, .npy)."""
-    save_image_grid(x, png, ncols=ncols)
+def _write_images(x: torch.Tensor, png: Path, dtype: type, ncols: int | None = None, support: str | None = None) -> None:
+    """A PNG grid of ``x`` and the array itself beside it (same name, .npy). ``support``: the
+    model's ("binary" values and means lie in [0, 1], "grayscale" in [0, 255]); else guessed."""
+    value_range = {"binary": "unit", "grayscale": "8-bit"}.get(support or "")
+    save_image_grid(x, png, ncols=ncols, value_range=value_range)
     np.save(png.with_suffix(".npy"), x.cpu().numpy().astype(dtype))
 
 
@@ -607,7 +617,7 @@ def _cmd_decode(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.latents} holds an array of shape {tuple(z.shape)}; expected one latent per row (N, ...)")
     with torch.no_grad():
         x = torch.cat([model.decode(batch.to(device)).cpu() for batch in z.split(args.batch_size)])
-    _write_images(x, args.out, np.float32)
+    _write_images(x, args.out, np.float32, support=model.support)
     print(f"decoded {len(z)} latents; written to {args.out} and {args.out.with_suffix('.npy')}")
 
 
@@ -624,7 +634,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     i, j = args.pair
     with torch.no_grad():
         strip = model.interpolate(x[i].to(device), x[j].to(device), args.steps).cpu()
-    _write_images(strip, args.out, np.float32, ncols=args.steps)
+    _write_images(strip, args.out, np.float32, ncols=args.steps, support=model.support)
     print(f"interpolated {args.split} examples {i} and {j} in {args.steps} steps; written to {args.out} and {args.out.with_suffix('.npy')}")
 
 
@@ -695,6 +705,10 @@ def main(argv: list[str] | None = None) -> int:
         if "can't allocate memory" not in str(error) and not isinstance(error, torch.OutOfMemoryError):
             raise
         print(f"genzoo: error: not enough memory: {_allocation_failure(error)}", file=sys.stderr)
+        return 2
+    except MemoryError:  # NumPy's or Pillow's allocations, e.g. a PNG grid of very many samples
+        print("genzoo: error: not enough memory for this command; ask for less (fewer samples, a smaller "
+              "--batch-size)", file=sys.stderr)
         return 2
     return 0
 

@@ -11,17 +11,25 @@ import torch
 __all__ = ["save_image_grid", "save_loss_curve", "as_images"]
 
 
-def as_images(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N, H, W) uint8 images from (N, C=1, H, W), (N, H, W) or flat (N, D) with D a square
-    (else one row of D pixels each); values in [0, 1] or [0, 255]."""
+def as_images(x: torch.Tensor | np.ndarray, value_range: str | None = None) -> np.ndarray:
+    """uint8 images from (N, C, H, W), (N, H, W) or flat (N, D) with D a square (else one row of D
+    pixels each): (N, H, W) gray, or (N, H, W, 3) in colour for C = 3; any other C puts the
+    channels side by side, (N, H, C·W). ``value_range`` "unit" ([0, 1]: bits, probabilities) or
+    "8-bit" ([0, 255]); None guesses from the values, which a dark 8-bit image can fool."""
     x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
     n = len(x)
     if x.ndim == 4:
-        x = x[:, 0]
+        c, h, w = x.shape[1:]
+        if c == 3:
+            x = x.transpose(0, 2, 3, 1)
+        else:
+            x = x.transpose(0, 2, 1, 3).reshape(n, h, c * w)
     elif x.ndim == 2:
         side = math.isqrt(x.shape[1])
         x = x.reshape(n, side, side) if side * side == x.shape[1] else x.reshape(n, 1, -1)
-    scale = 255.0 if x.max(initial=0) <= 1.0 else 1.0
+    if value_range is None:
+        value_range = "unit" if x.max(initial=0) <= 1.0 else "8-bit"
+    scale = 255.0 if value_range == "unit" else 1.0
     return np.clip(x * scale, 0, 255).astype(np.uint8)
 
 
@@ -38,14 +46,15 @@ def image_format(path: str | Path) -> str:
     return image_format
 
 
-def save_image_grid(x: torch.Tensor | np.ndarray, path: str | Path, ncols: int | None = None, zoom: int = 4, padding: int = 2) -> Path:
+def save_image_grid(x: torch.Tensor | np.ndarray, path: str | Path, ncols: int | None = None, zoom: int = 4,
+                    padding: int = 2, value_range: str | None = None) -> Path:
     from PIL import Image
 
-    images = as_images(x)
-    n, h, w = images.shape
+    images = as_images(x, value_range)
+    n, h, w = images.shape[:3]
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
-    grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding), 128, np.uint8)
+    grid = np.full((nrows * (h + padding) + padding, ncols * (w + padding) + padding, *images.shape[3:]), 128, np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, ncols)
         top, left = padding + r * (h + padding), padding + c * (w + padding)

@@ -13,7 +13,10 @@ A flow model is an invertible ``transform`` f from the data side to a base z = f
   (``likelihood = "lower_bound"``). In training one draw u per example; in evaluation the mean
   over ``eval_draws`` draws, the same seeded draws for every row, so evaluation is deterministic
   and a row's value does not depend on its batch. ``sample`` returns data in the data's own
-  space: x = ⌊L · f⁻¹(z)⌋, a draw from the discrete model the bound is about.
+  space: x = ⌊L · f⁻¹(z)⌋ clamped to 0…L−1. Where f⁻¹ maps into [0, 1)^D that is a draw from the
+  discrete model the bound is about, P(x) = ∫ p(y) over x's cell; the logit pre-processing
+  guarantees it. Without it (``preprocess = "none"``, NICE's default) p may put mass outside the
+  cube, which the clamp adds to the edge levels 0 and L−1: an undertrained NICE's samples saturate.
 
 The trainer fills ``data_kind`` in from the data set unless the config sets it.
 """

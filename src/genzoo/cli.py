@@ -76,17 +76,15 @@ def _seed(text: str) -> int:
 SPECULATIVE_GAMMA = 4
 
 
-def _path(text: str) -> Path:
-    """A path option's value; an empty one (an unset shell variable) would mean the current folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return Path(text)
-
-
 def _non_empty(text: str) -> str:
+    """An option's value; an empty one (an unset shell variable) would mean the current folder or the default."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def _path(text: str) -> Path:
+    return Path(_non_empty(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,20 +205,12 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
     model["name"] = args.model
     raw = config.to_dict()
     raw["model"] = model
-    set_by_param: dict[tuple[str, str], str] = {}
-    for key, value in args.param:
-        table, name = _param_target(key)
+    for (table, name), value, source in _command_values(args):
         if (table, name) == ("model", "name") and value != args.model:
             # it would silently replace the model that the command names
-            raise ConfigError(f"-p {key}={value} names another model than the command's {args.model!r}; "
+            raise ConfigError(f"{source}={value} names another model than the command's {args.model!r}; "
                               f"train it with: genzoo train {value} ...")
         raw[table][name] = value
-        set_by_param[(table, name)] = key
-    for option, (table, key, value) in _options_given(args).items():
-        if (table, key) in set_by_param:
-            # the option would silently win over -p (whose value then goes unchecked)
-            raise ConfigError(f"{table}.{key} is set twice, by -p {set_by_param[(table, key)]}=... and by {option}; keep one")
-        raw[table][key] = value
     config = run_config_from_dict(raw, where="command line")
     model_config_class(args.model)  # an unknown model fails here, before any data is read
     if is_user_file(config.data.name) and Path(config.data.name).exists():
@@ -248,6 +238,19 @@ _CONFIG_OPTIONS = {
     "--max-seconds": ("train", "max_seconds", "max_seconds"),
     "--fit-epochs-to-time": ("train", "fit_epochs_to_max_seconds", "fit_epochs_to_max_seconds"),
 }
+
+
+def _command_values(args: argparse.Namespace) -> list[tuple[tuple[str, str], object, str]]:
+    """((table, key), value, source) for each config value train's command line sets: the -p values
+    in order, then the options. A key set by both is refused: the option would silently win over
+    -p (whose value then goes unchecked)."""
+    given = [(_param_target(key), value, f"-p {key}") for key, value in args.param]
+    by_param = {target: source for target, _, source in given}
+    for option, (table, key, value) in _options_given(args).items():
+        if (table, key) in by_param:
+            raise ConfigError(f"{table}.{key} is set twice, by {by_param[(table, key)]}=... and by {option}; keep one")
+        given.append(((table, key), value, option))
+    return given
 
 
 def _options_given(args: argparse.Namespace) -> dict[str, tuple[str, str, object]]:
@@ -278,10 +281,7 @@ def _check_resume_arguments(args: argparse.Namespace, run_dir: Path) -> None:
     if args.config is not None:
         for table, entries in load_run_config(args.config).to_dict().items():
             wanted.update({(table, key): (value, f"--config {args.config}") for key, value in entries.items()})
-    for key, value in args.param:
-        wanted[_param_target(key)] = (value, f"-p {key}")
-    for option, (table, key, value) in _options_given(args).items():
-        wanted[(table, key)] = (value, option)
+    wanted.update({target: (value, source) for target, value, source in _command_values(args)})
     run_values = saved.to_dict()
     # a config file's epochs and max_seconds are the run's own unless they differ: then say how to change them
     changes = [f"{source} sets {table}.{key} = {value!r} (the run's: {run_values[table].get(key)!r})"
@@ -305,9 +305,7 @@ def _same_value(key: tuple[str, str], run_value: object, value: object) -> bool:
 def _resume_changes(args: argparse.Namespace) -> dict[str, object]:
     """The new epochs and max_seconds that a --resume command gives, by option or by -p train.KEY=..."""
     changes: dict[str, tuple[object, str]] = {}
-    given = [(_param_target(key), value, f"-p {key}") for key, value in args.param]
-    given += [((table, key), value, option) for option, (table, key, value) in _options_given(args).items()]
-    for (table, key), value, source in given:
+    for (table, key), value, source in _command_values(args):
         if (table, key) not in _RESUME_KEYS:
             continue
         if key in changes:

@@ -287,6 +287,29 @@ def test_an_epoch_reads_the_running_loss_only_every_few_steps(tmp_path, monkeypa
     assert mean == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "exponential", "multistep", "constant"])
+def test_extending_a_finished_run_trains_its_next_epoch_at_the_new_plans_lr(tmp_path, monkeypatch, schedule):
+    """A finished cosine run's optimizer holds lr 0; the first epoch of its extension must train at
+    the stretched plan's lr, not at that 0 (and the other schedules keep their lr)."""
+    extra = {"exponential": {"lr_decay": 0.5}, "multistep": {"lr_decay": 0.1, "lr_milestones": (1,)}}.get(schedule, {})
+    config = tiny_run_config("fvsbn", epochs=2, lr=1e-2, lr_schedule=schedule, **extra)
+    run_dir = tmp_path / "run"
+    _fit(config, run_dir)
+    lrs_at_start = {}
+    train_one_epoch = Trainer._train_one_epoch
+
+    def recording(self, model, optimizer, train_x, order, epoch, labels):
+        lrs_at_start[epoch] = optimizer.param_groups[0]["lr"]
+        return train_one_epoch(self, model, optimizer, train_x, order, epoch, labels)
+
+    monkeypatch.setattr(Trainer, "_train_one_epoch", recording)
+    Trainer.resume(run_dir, epochs=4, progress=False).fit()
+    expected = {"cosine": 1e-2 * genzoo.training.cosine_factor(2, 4), "exponential": 1e-2 * 0.25,
+                "multistep": 1e-3, "constant": 1e-2}[schedule]
+    assert lrs_at_start[3] == pytest.approx(expected)
+    assert lrs_at_start[3] > 0
+
+
 def test_resume_drops_metrics_the_checkpoint_does_not_hold(tmp_path):
     run_dir = tmp_path / "run"
     _fit(tiny_run_config("made", epochs=2), run_dir)

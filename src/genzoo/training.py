@@ -205,6 +205,13 @@ def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, state:
         state = {key: value for key, value in state.items() if key not in ("T_max", "eta_min")}
         state["lr_lambdas"] = [None] * len(scheduler.lr_lambdas)
     scheduler.load_state_dict(state)
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        # the optimizer's saved lr is the old plan's (0 at the end of a finished cosine run); a
+        # resume with a new epoch total trains its next epoch at the stretched plan's lr instead
+        lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
 
 
 def weight_l1_norm(model: nn.Module) -> torch.Tensor:

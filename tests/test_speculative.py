@@ -327,3 +327,46 @@ def test_cli_speculative_errors(runs, tmp_path, capsys, extra, message):
     code = main(["sample", str(runs["target"]), "-n", "2", "--out", str(tmp_path / "x.png"), *extra])
     assert code == 2
     assert message in _error_line(capsys)
+
+
+def test_a_target_in_train_mode_with_dropout_is_sampled_in_eval_mode():
+    """A freshly built model is in train mode; speculative sampling must still draw from the p_θ
+    that log_prob scores in eval mode (not through dropout), and leave both modes as they were."""
+    target = randomize(genzoo.build_model("transformer", (N,), num_layers=2, num_heads=2, embed_dim=8,
+                                          dropout=0.5).double(), seed=1, std=0.8)
+    draft = build("fvsbn", (N,), seed=2, std=1.5).train()
+    x, _ = speculative_sample(target, draft, NUM_SAMPLES, gamma=3, generator=torch.Generator().manual_seed(0))
+    assert target.training and draft.training
+    assert all(m.training for m in target.modules())
+    assert chi2_p_value(frequencies(x), target.eval()) > 1e-3
+
+
+@pytest.mark.parametrize("name, hp", [("transformer", {"num_layers": 1, "num_heads": 2, "embed_dim": 8, "dropout": 0.5}),
+                                      ("made", {"hidden_sizes": [8]}),
+                                      ("pixelcnn", None)])
+def test_the_public_samplers_draw_in_eval_mode(name, hp):
+    """sample_naive and sample_from_uniforms called directly on a model in train mode give what
+    they give in eval mode, and leave the model in train mode."""
+    shape = (1, 2, 2) if name == "pixelcnn" else (N,)
+    kwargs = {} if hp is None else hp
+    model = randomize(genzoo.build_model(name, shape, **kwargs).double(), seed=3)
+    u = torch.rand(64, N, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    in_train = [model.sample_naive(u), model.sample_from_uniforms(u)]
+    assert model.training
+    model.eval()
+    for x in in_train:
+        assert torch.equal(x, model.sample_naive(u))
+
+
+def test_a_gamma_beyond_the_dimensions_is_taken_as_the_dimensions():
+    """γ > D: a round can use D proposals at most, so a huge γ costs no more than γ = D (it used to
+    size its buffers and KV cache by γ and run out of memory) and stays exact."""
+    (t_name, t_hp, t_std), (d_name, d_hp, d_std) = PAIRS["transformer<-fvsbn"]
+    target = build(t_name, (N,), seed=1, std=t_std, **t_hp)
+    draft = build(d_name, (N,), seed=2, std=d_std, **d_hp)
+    g = torch.Generator().manual_seed(0)
+    x, stats = speculative_sample(target, draft, NUM_SAMPLES, gamma=10**9, generator=g)
+    assert chi2_p_value(frequencies(x), target) > 1e-3
+    same, _ = speculative_sample(target, draft, 500, gamma=N, generator=torch.Generator().manual_seed(5))
+    huge, _ = speculative_sample(target, draft, 500, gamma=10**9, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(same, huge)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import operator
 import sys
@@ -47,6 +48,19 @@ def evaluation_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def sampler(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A public sampling method: runs without autograd and in eval mode (each submodule back in its
+    mode afterwards), so that it draws from the p_θ that ``log_prob`` scores even when called
+    directly on a model in train mode (dropout would otherwise perturb every draw)."""
+
+    @functools.wraps(method)
+    def in_evaluation_mode(self: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch.no_grad(), evaluation_mode(self):
+            return method(self, *args, **kwargs)
+
+    return in_evaluation_mode
 
 
 def _checked_sample_count(n: Any) -> int:

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from genzoo.models.base import GenerativeModel
+from genzoo.models.base import GenerativeModel, evaluation_mode
 
 __all__ = ["SpeculativeStats", "check_speculative_pair", "speculative_sample"]
 
@@ -135,12 +135,22 @@ def speculative_sample(
 
     A binary target with a ``cached_verifier(n, gamma)`` (the Transformer's KV cache) scores each
     round's γ + 1 new positions against its cache instead of a full ``conditional_logits`` pass
-    (``cached=False`` forces the full pass); the logits, and so the samples, are the same."""
+    (``cached=False`` forces the full pass); the logits, and so the samples, are the same. A γ
+    above the number of dimensions D is taken as D, the most a round can use. Both models sample
+    in eval mode, whatever mode they are in (each is back in its own mode afterwards)."""
     check_speculative_pair(target, draft)
     if gamma < 1:
         raise ValueError(f"gamma must be at least 1, got {gamma}")
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    # a round can use at most D proposals, and a larger γ would only size the buffers and the
+    # KV cache for steps that never come; eval mode: dropout would move the target off its p_θ
+    with evaluation_mode(target), evaluation_mode(draft):
+        return _sample_in_rounds(target, draft, n, min(gamma, target.num_dims), generator, cached)
+
+
+def _sample_in_rounds(target: GenerativeModel, draft: GenerativeModel, n: int, gamma: int,
+                      generator: torch.Generator | None, cached: bool) -> tuple[torch.Tensor, SpeculativeStats]:
     device, dtype = target.device, target._dtype()
     D = target.num_dims
     order = target.generation_order().to(device)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from genzoo.models.base import GenerativeModel
+from genzoo.models.base import GenerativeModel, sampler
 
 __all__ = ["ChainRuleModel", "BernoulliAutoregressive", "CategoricalAutoregressive"]
 
@@ -61,11 +61,12 @@ class ChainRuleModel(GenerativeModel):
         """Draw n samples with the model's fastest exact sampler."""
         return self.unflatten(self.sample_from_uniforms(self.draw_uniforms(n, generator)))
 
+    @sampler
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
         """The fast sampler; models override it. Must equal ``sample_naive(u)``."""
         return self.sample_naive(u)
 
-    @torch.no_grad()
+    @sampler
     def sample_naive(self, u: torch.Tensor) -> torch.Tensor:
         """Reference sampler: one full network pass per dimension (D passes)."""
         x = torch.zeros_like(u)

@@ -35,7 +35,7 @@ from genzoo.config import require
 from genzoo.kernels import threads_for_kernels
 from genzoo.kernels.nade import NADELogitsKernel, NADEMeanNLLKernel, nade_kernel_available, nade_sample_kernel
 from genzoo.models.autoregressive.base import BernoulliAutoregressive
-from genzoo.models.base import register_model
+from genzoo.models.base import register_model, sampler
 
 __all__ = ["NADE", "NADEConfig"]
 
@@ -146,7 +146,7 @@ class NADE(BernoulliAutoregressive):
                              "use backend = 'auto' to fall back to PyTorch")
         return False
 
-    @torch.no_grad()
+    @sampler
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
         """x_d = 1[u_d < p(x_d = 1 | x_<d)], updating a_d in place: O(DH) per sample."""
         if self._use_kernel(u, self.W):

@@ -170,9 +170,15 @@ def binary_index(x: torch.Tensor) -> torch.Tensor:
 def chisquare_p_value(samples: torch.Tensor, probabilities: torch.Tensor) -> float:
     """χ² goodness of fit of binary samples (N, n) to probabilities over the 2^n outcomes;
     outcomes with an expected count below 5 are pooled into one bin."""
+    return outcome_chisquare_p_value(binary_index(samples), probabilities)
+
+
+def outcome_chisquare_p_value(outcomes: torch.Tensor, probabilities: torch.Tensor) -> float:
+    """χ² goodness of fit of outcome indices (N,) in 0..K−1 to probabilities (K,); outcomes with
+    an expected count below 5 are pooled into one bin."""
     n_outcomes = len(probabilities)
-    observed = np.bincount(binary_index(samples).numpy(), minlength=n_outcomes).astype(np.float64)
-    expected = probabilities.detach().numpy() * len(samples)
+    observed = np.bincount(outcomes.numpy(), minlength=n_outcomes).astype(np.float64)
+    expected = probabilities.detach().numpy() * len(outcomes)
     small = expected < 5
     if small.any():
         observed = np.append(observed[~small], observed[small].sum())

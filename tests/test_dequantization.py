@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import genzoo
-from conftest import all_binary, randomize
+from conftest import all_binary, binary_index, outcome_chisquare_p_value, randomize
 from genzoo.models.flows.transforms import ActNorm
 from genzoo.models.flows import UniformDequantization, VariationalDequantization, dequantization_bound
 
@@ -45,6 +45,47 @@ def _exact_log_probs(model, x: torch.Tensor, points_per_side: int) -> torch.Tens
             y = (row + mesh) / L
             out.append(torch.logsumexp(model.log_density(y), 0) - D * math.log(L) - math.log(len(mesh)))
     return torch.stack(out)
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_a_draw_at_the_top_of_a_cell_stays_inside_it_in_float32(name):
+    """x + u rounds up to x + 1 in float32 for x ≥ 128 and u within 8e-6 of 1 (and a float64
+    uniform can round to u = 1 itself): y must stay below the cell's edge, or the logit of y = 1
+    makes the bound NaN and training stops."""
+    model = _model(name, (2,), "grayscale").float()
+    x = torch.tensor([[255.0, 128.0], [0.0, 1.0]])
+    y_max = (x + 1) / 256
+    below_one = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()
+    for u in (1.0, below_one, 1 - 4e-6):
+        noise = torch.full_like(x, u)
+        with torch.no_grad():
+            value = dequantization_bound(model.log_density, x, model.dequantizer, noise, 256)
+        assert torch.isfinite(value).all(), (u, value)
+    # and a draw inside the cell is not moved
+    captured = []
+    with torch.no_grad():
+        dequantization_bound(lambda y: captured.append(y) or y.sum(1), x, model.dequantizer, torch.full_like(x, 0.5), 256)
+    assert torch.equal(captured[0], (x + 0.5) / 256) and (captured[0] < y_max).all()
+
+
+@pytest.mark.parametrize("name", FLOWS)
+@pytest.mark.parametrize("kind", ["binary", "grayscale"])
+def test_discrete_samples_follow_the_models_cell_probabilities(name, kind):
+    """A flow's discrete sample floor(L·y) must be distributed as P(x) = ∫_cell p, the likelihood
+    its bound is below: χ² over all the outcomes (the four binary pairs, or the 256 levels of one
+    pixel), which rejects the cell probabilities of a differently initialized flow."""
+    shape, x = ((2,), all_binary(2)) if kind == "binary" else ((1,), torch.arange(256, dtype=torch.float64)[:, None])
+    model = _model(name, shape, kind)
+    exact = _exact_log_probs(model, x, 400 if kind == "binary" else 64).exp()
+    torch.manual_seed(1)
+    other = randomize(genzoo.build_model(name, shape, **{**SMALL[name], "data_kind": kind, "logit_alpha": 0.0}).double(),
+                      seed=9, std=0.4).eval()
+    other_exact = _exact_log_probs(other, x, 400 if kind == "binary" else 64).exp()
+    assert 0.5 * (exact - other_exact).abs().sum() > 0.05, "the control must differ from the model"
+    samples = model.sample(20_000, generator=torch.Generator().manual_seed(0)).reshape(20_000, -1)
+    outcomes = binary_index(samples) if kind == "binary" else samples[:, 0].long()
+    assert outcome_chisquare_p_value(outcomes, exact / exact.sum()) > 1e-3
+    assert outcome_chisquare_p_value(outcomes, other_exact / other_exact.sum()) < 1e-6
 
 
 def _bound_draws(model, x: torch.Tensor, draws: int, seed: int = 0) -> torch.Tensor:

@@ -383,6 +383,12 @@ def test_binary_and_real_flows_refuse_bad_values(name):
     real = genzoo.build_model(name, (6,), data_kind="real", **SMALL[name])
     with pytest.raises(ValueError, match=r"row 1 has value -inf at dimension 0; values must be finite"):
         real.log_prob(torch.tensor([[0.0] * 6, [-math.inf] + [0.0] * 5]))
+    # finite in float64, inf in the model's float32: refused rather than scored NaN
+    beyond = torch.zeros(2, 6, dtype=torch.float64)
+    beyond[1, 5] = 1e39
+    with pytest.raises(ValueError, match=r"row 1 has value 1e\+39 at dimension 5, beyond the range of the model's float32"):
+        real.log_prob(beyond)
+    assert torch.isfinite(real.double().log_prob(beyond[:1])).all()
 
 
 @pytest.mark.parametrize(

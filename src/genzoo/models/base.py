@@ -196,6 +196,13 @@ class GenerativeModel(nn.Module):
             if bad.any():
                 row, col = (int(i) for i in bad.nonzero()[0])
                 raise ValueError(f"input row {row} has value {x[row, col].item():g} at dimension {col}; values must be finite")
+            # checked again in the model's dtype: 1e39 is finite in float64 and inf in float32
+            overflow = ~torch.isfinite(x.to(self._dtype()))
+            if overflow.any():
+                row, col = (int(i) for i in overflow.nonzero()[0])
+                dtype = str(self._dtype()).removeprefix("torch.")
+                raise ValueError(f"input row {row} has value {x[row, col].item():g} at dimension {col}, beyond the "
+                                 f"range of the model's {dtype} (±{torch.finfo(self._dtype()).max:g})")
         return x.to(self.device, dtype=self._dtype())
 
     @property

@@ -79,6 +79,9 @@ def dequantization_bound(log_density, x: torch.Tensor, dequantizer: nn.Module, n
     """One draw of log p((x + u) / L) − log q(u | x) − D log L for each row of flat x; its
     expectation over q is a lower bound on log P(x). ``log_density`` maps y (B, D) to (B,)."""
     u, log_q = dequantizer(x, noise)
-    # u < 1 in exact arithmetic; keep y strictly inside the cell in floating point too
-    y = (x + u.clamp(max=1 - torch.finfo(u.dtype).eps)) / levels
+    # u < 1 in exact arithmetic, but x + u rounds up to x + 1 for large x (float32: x ≥ 128 and
+    # u within 8e-6 of 1), which puts y = 1 under a logit; so y itself is kept below its cell's
+    # upper edge, (x + 1) / L (exact: L is a power of two)
+    upper = torch.nextafter((x + 1) / levels, torch.zeros_like(x))
+    y = torch.minimum((x + u) / levels, upper)
     return log_density(y) - log_q - x.shape[1] * math.log(levels)

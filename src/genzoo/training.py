@@ -218,12 +218,14 @@ def weight_l1_norm(model: nn.Module) -> torch.Tensor:
     """Σ|w| over the weights of the linear and convolutional layers, the L1 penalty's norm.
 
     A masked layer counts its masked weight (entries the mask removes are not parameters of the
-    model, so they are not penalized); biases and normalization parameters are never counted."""
+    model, so they are not penalized); biases and normalization parameters are never counted, nor
+    are frozen weights (``requires_grad`` off: e.g. a VQ-VAE's autoencoder while its prior trains)."""
     total = torch.zeros((), device=next(model.parameters()).device)
     for module in model.modules():
         if hasattr(module, "masked_weight"):
-            total = total + module.masked_weight().abs().sum()
-        elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                total = total + module.masked_weight().abs().sum()
+        elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and module.weight.requires_grad:
             total = total + module.weight.abs().sum()
     return total
 

@@ -272,8 +272,9 @@ class GenerativeModel(nn.Module):
 
     def training_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p_θ(x) as a training step estimates it, shape (B,): what the default ``loss``
-        averages. ``log_prob`` itself, unless a model trains on one random component of its
-        likelihood per step (MADE with K masks: one mask per minibatch) and overrides this."""
+        averages. ``log_prob`` itself, unless a model trains on a cheaper random estimate and
+        overrides this (MADE with K masks: one mask per minibatch; a VAE: its training bound with
+        fresh draws)."""
         return self.log_prob(x)
 
     def _loss(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "elbo_bound",
@@ -66,11 +67,20 @@ def chunked_iwae_bound(log_weights: Callable[[Sequence[torch.Tensor]], torch.Ten
                        draws: Sequence[torch.Tensor], chunk: int) -> torch.Tensor:
     """L_k with the k draws (each tensor in ``draws`` has the draws on dim 0) scored ``chunk`` at
     a time by ``log_weights(draws_chunk) -> (chunk, B)``; the running log-sum-exp makes the result
-    the same as scoring all k at once, with memory for one chunk only."""
+    the same as scoring all k at once, with memory for one chunk only. With autograd on, each
+    chunk is checkpointed (recomputed in the backward pass) so that the graph does not keep
+    every chunk's activations: without it L_5000 of a batch took hundreds of MB."""
     k = len(draws[0])
+
+    def chunk_log_sum(start: int) -> torch.Tensor:
+        return torch.logsumexp(log_weights([d[start:start + chunk] for d in draws]), 0)
+
     total = None
     for start in range(0, k, chunk):
-        part = torch.logsumexp(log_weights([d[start:start + chunk] for d in draws]), 0)
+        if torch.is_grad_enabled():
+            part = checkpoint(chunk_log_sum, start, use_reentrant=False)
+        else:
+            part = chunk_log_sum(start)
         total = part if total is None else torch.logaddexp(total, part)
     return total - math.log(k)
 

@@ -67,10 +67,11 @@ class GumbelVAEConfig(LatentConfig):
         super().__post_init__()
         require(self.num_latents >= 1, f"gumbel-vae: num_latents must be at least 1, got {self.num_latents}")
         require(self.num_categories >= 2, f"gumbel-vae: num_categories must be at least 2, got {self.num_categories}")
-        require(self.tau_initial > 0, f"gumbel-vae: tau_initial must be positive, got {self.tau_initial}")
+        require(0 < self.tau_initial < math.inf, f"gumbel-vae: tau_initial must be positive and finite, got {self.tau_initial}")
         require(0 < self.tau_min <= self.tau_initial,
                 f"gumbel-vae: tau_min must lie in (0, tau_initial], got {self.tau_min}")
-        require(self.anneal_rate >= 0, f"gumbel-vae: anneal_rate must be non-negative, got {self.anneal_rate}")
+        require(0 <= self.anneal_rate < math.inf,
+                f"gumbel-vae: anneal_rate must be non-negative and finite, got {self.anneal_rate}")
         require(self.k >= 1, f"gumbel-vae: k must be at least 1, got {self.k}")
 
 
@@ -160,7 +161,7 @@ class GumbelVAE(LatentVariableModel):
         """Category indices (B, N) as one-hot vectors; points of the simplex (B, N, K) or
         (B, N·K) as they are."""
         if not z.is_floating_point():
-            if z.min() < 0 or z.max() >= self.config.num_categories:
+            if z.numel() and (z.min() < 0 or z.max() >= self.config.num_categories):
                 raise ValueError(f"category indices must lie in 0..{self.config.num_categories - 1}")
             z = F.one_hot(z.long(), self.config.num_categories)
         return z.to(self.device, self._dtype()).reshape(len(z), *self.latent_shape)

@@ -297,6 +297,8 @@ class LatentVariableModel(GenerativeModel):
 
     def iwae_bound(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """L_k for flat, validated x: k seeded draws shared by every row, ``eval_chunk`` at a time."""
+        if len(x) == 0:  # the draws' (k, B, …) reshapes fail on B = 0
+            return x.new_empty(0)
         generator = torch.Generator().manual_seed(self.config.eval_seed)
         draws = self.draw_noise(k, generator)
         return chunked_iwae_bound(lambda d: self.log_weights(x, d), draws, self.config.eval_chunk)
@@ -315,9 +317,10 @@ class LatentVariableModel(GenerativeModel):
     def validation_detail(self) -> str:
         return f"IWAE bound, k = {self.config.valid_samples} importance samples"
 
-    def _loss(self, x: torch.Tensor) -> torch.Tensor:
-        """The negative training bound (fresh draws; β-weighted KL during warm-up), mean over rows."""
-        return -self.training_bound(self.flatten_input(x)).mean()
+    def training_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The training bound per row (fresh draws; β-weighted KL during warm-up): what the
+        default ``loss`` averages, where ``log_prob`` is the evaluation's seeded L_k."""
+        return self.training_bound(self.flatten_input(x))
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         self.beta = kl_warmup_beta(epoch, self.config.kl_warmup_epochs)
@@ -359,6 +362,8 @@ class LatentVariableModel(GenerativeModel):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's mean E[x|z], shape (B, *data_shape)."""
         self._check_latents(z)
+        if len(z) == 0:
+            return torch.empty(0, *self.data_shape, device=self.device, dtype=self._dtype())
         return self.unflatten(self.observation_mean(self.decoder_output(self.latent_point(z))))
 
     @torch.no_grad()

@@ -90,9 +90,9 @@ class VQVAEConfig:
         require(self.num_codes >= 2 and self.num_codes & (self.num_codes - 1) == 0,
                 f"vqvae: num_codes must be a power of two (at least 2), got {self.num_codes}")
         require(self.code_dim >= 1, f"vqvae: code_dim must be positive, got {self.code_dim}")
-        require(self.commitment >= 0, f"vqvae: commitment must be non-negative, got {self.commitment}")
+        require(0 <= self.commitment < math.inf, f"vqvae: commitment must be non-negative and finite, got {self.commitment}")
         require(0 <= self.ema_decay < 1, f"vqvae: ema_decay must lie in [0, 1), got {self.ema_decay}")
-        require(self.ema_epsilon > 0, f"vqvae: ema_epsilon must be positive, got {self.ema_epsilon}")
+        require(0 < self.ema_epsilon < math.inf, f"vqvae: ema_epsilon must be positive and finite, got {self.ema_epsilon}")
         require(self.dead_code_steps >= 0, f"vqvae: dead_code_steps must be non-negative, got {self.dead_code_steps}")
         require(len(self.prior_hidden_sizes) >= 1 and all(h >= 1 for h in self.prior_hidden_sizes),
                 f"vqvae: prior_hidden_sizes must be positive layer sizes, got {self.prior_hidden_sizes}")
@@ -205,6 +205,10 @@ class VQVAE(GenerativeModel):
         cfg = self.config
         if cfg.stages == "both":
             self.stage = "autoencoder" if epoch <= cfg.autoencoder_epochs else "prior"
+        # stage two trains the prior alone: frozen, the autoencoder is also out of reach of what
+        # the trainer adds to the loss (an L1 penalty would otherwise keep shrinking its weights)
+        for part in (self.coder, self.quantizer):
+            part.requires_grad_(self.stage != "prior")
         self.quantizer.reset_usage()
 
     @property
@@ -295,7 +299,7 @@ class VQVAE(GenerativeModel):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Bernoulli probabilities (B, *data_shape) of code grids (B, h, w)."""
         codes = torch.as_tensor(codes, device=self.device)
-        if codes.shape[1:] != self.grid or codes.is_floating_point():
+        if codes.shape[1:] != self.grid or codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
             raise ValueError(f"codes must be integers of shape (B, {self.grid[0]}, {self.grid[1]}), got {tuple(codes.shape)} {codes.dtype}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.num_codes):
             raise ValueError(f"codes must lie in 0..{self.config.num_codes - 1}")

@@ -1,6 +1,8 @@
-"""Helpers shared by the benchmark scripts: timing, results files, machine description."""
+"""Helpers shared by the benchmark scripts: timing, results files, machine description, and the
+options and checks every script's command line shares."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -8,12 +10,16 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
+CPUINFO = Path("/proc/cpuinfo")
+#: environment variables that set torch's default thread count: a command run under one of them
+#: reproduces its thread count only with it
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def default_data_dir() -> str | None:
@@ -60,15 +66,82 @@ def median_ratio(numerators: list[float], denominators: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(numerators, denominators))
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (e.g. "AMD EPYC"), or "" where there is
+    none: platform.processor() is empty on Linux, so without it every host reads alike."""
+    try:
+        lines = CPUINFO.read_text().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return ""
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    names = [name for name in (cpu_model_name(), platform.processor() or platform.machine()) if name]
+    return f"cpu ({', '.join(names)}, {torch.get_num_threads()} threads)"
 
 
 def command_line() -> str:
+    """The command that ran, with any environment variable that set its thread count in front."""
+    settings = [f"{name}={os.environ[name]}" for name in THREAD_VARIABLES if name in os.environ]
     script = Path(sys.argv[0]).resolve().relative_to(REPO).as_posix()
-    return " ".join(["python", script, *sys.argv[1:]])
+    return " ".join([*settings, "python", script, *sys.argv[1:]])
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than ``minimum`` (a smaller one is a one-line usage
+    error, not a traceback from the first median of nothing)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def add_results_option(parser: argparse.ArgumentParser, files: str) -> None:
+    """--results DIR: where the records go, so that a trial run can write elsewhere than the
+    published benchmarks/results."""
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help=f"folder for {files} (default: benchmarks/results)")
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """--threads N, so that a record's thread count is named in its command (see use_threads)."""
+    parser.add_argument("--threads", type=at_least(0), default=0,
+                        help="torch intra-op threads (0: torch's default, which OMP_NUM_THREADS sets)")
+
+
+def use_threads(threads: int) -> None:
+    """Run on ``threads`` intra-op threads (0: keep torch's default); call it before anything is
+    built or timed."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def config_names(folder: Path) -> list[str]:
+    """The models that have a config in ``folder`` (its *.toml files' stems)."""
+    return sorted(path.stem for path in folder.glob("*.toml"))
+
+
+def refuse_unknown_models(parser: argparse.ArgumentParser, models: Iterable[str], accepted: Iterable[str],
+                          reason: str) -> None:
+    """A one-line usage error, before anything is trained or timed, naming each model that is not
+    ``accepted`` (``reason`` says why, e.g. "no static config") and what is accepted."""
+    accepted = sorted(accepted)
+    refused = [model for model in models if model not in accepted]
+    if refused:
+        parser.error(f"{reason} for {', '.join(map(repr, refused))}; accepted: {', '.join(accepted)}")
 
 
 def merge_records(path: Path, records: list[dict], key: tuple[str, ...]) -> list[dict]:

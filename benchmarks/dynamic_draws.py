@@ -11,9 +11,10 @@ reading a gap to their figures this script measures both effects:
   folder, scored alike. Its validation draw is then part of its training images, so its best
   epoch is chosen on seen data: it is a measurement, never a protocol result.
 
-    python benchmarks/dynamic_draws.py --models fvsbn [--draws 30] [--with-valid]
+    python benchmarks/dynamic_draws.py --models fvsbn [--draws 30] [--with-valid] [--results DIR]
 
-Records go to benchmarks/results/dynamic-draws.json (one per model and training set).
+Records go to <results>/dynamic-draws.json (one per model and training set; --results defaults to
+benchmarks/results).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from pathlib import Path
 import torch
 
 import genzoo.training
-from common import REPO, RESULTS, command_line, default_data_dir, device_description, merge_records
+from common import (REPO, add_results_option, at_least, command_line, config_names, default_data_dir,
+                    device_description, merge_records, refuse_unknown_models)
 from genzoo.config import RunConfig, load_run_config
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.registry import load_splits
@@ -33,7 +35,7 @@ from genzoo.devices import resolve_device
 from genzoo.evaluation import evaluate
 from genzoo.training import Trainer
 
-RESULTS_JSON = RESULTS / "dynamic-draws.json"
+DYNAMIC_CONFIGS = REPO / "configs" / "dynamic"
 FIRST_DRAW_SEED = 10_000  # the further test draws use seeds 10000, 10001, …
 
 
@@ -90,27 +92,30 @@ def test_draws(model_name: str, config: RunConfig, result: genzoo.training.Train
     }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["fvsbn"])
-    parser.add_argument("--draws", type=int, default=30, help="further seeded test draws to score")
+    parser.add_argument("--draws", type=at_least(1), default=30, help="further seeded test draws to score")
     parser.add_argument("--with-valid", action="store_true", help="also train on train + valid (60,000 images)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--runs", default=str(REPO / "benchmarks" / "runs"), help="folder for the run folders")
-    args = parser.parse_args()
-    if args.draws < 1:
-        parser.error(f"--draws must be at least 1, got {args.draws}")
+    add_results_option(parser, "dynamic-draws.json")
+    args = parser.parse_args(argv)
+    refuse_unknown_models(parser, args.models, config_names(DYNAMIC_CONFIGS),
+                          "no dynamic config (configs/dynamic/<model>.toml)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     device = resolve_device(args.device)
     for model in args.models:
-        path = REPO / "configs" / "dynamic" / f"{model}.toml"
-        if not path.exists():
-            parser.error(f"no dynamic config for {model!r} (configs/dynamic/{model}.toml)")
-        config = load_run_config(path)
+        config = load_run_config(DYNAMIC_CONFIGS / f"{model}.toml")
         for with_valid in ([False, True] if args.with_valid else [False]):
             record = test_draws(model, config, train(model, config, with_valid, args, device), args, with_valid, device)
             print(json.dumps(record))
-            merge_records(RESULTS_JSON, [record], key=("model", "train_images"))
+            merge_records(args.results / "dynamic-draws.json", [record], key=("model", "train_images"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ uniform (or variational) dequantization lower bound on log P(x), so the NLL is a
 ("≤"), with the number of dequantization draws stated. On 8-bit data the figure is bits/dim
 = −(E_u[log p((x + u)/256)] − D log 256) / (D ln 2); NICE is also given as the continuous
 log-likelihood of the [0, 1]-rescaled data, E_u[log p(y)] = bound + D log 256, the unit of its paper.
-Sampling throughput is the median of repeated draws of a batch of images. Records go to
+Sampling throughput is the median of repeated draws of a batch of images. Each record names its
+protocol: "static" on binary data (flows train on the data set's fixed binarization), on 8-bit
+data the dequantization its bound is taken under ("uniform dequantization", "variational
+dequantization"), and "continuous" on real-valued data, whose log-likelihood is exact.
+A model without a config in configs/flows is refused before anything trains. Records go to
 <results>/flows.json (a record with the same model and data set is replaced) and <results>/flows.md.
 """
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from common import REPO, RESULTS, command_line, default_data_dir, device_description, fit_or_resume, median_seconds, merge_records
+from common import (REPO, add_results_option, command_line, config_names, default_data_dir, device_description,
+                    fit_or_resume, median_seconds, merge_records, refuse_unknown_models)
 from genzoo.config import load_run_config
 from genzoo.devices import resolve_device
 from genzoo.evaluation import evaluate
@@ -36,10 +41,21 @@ ANCHORS = {
     ("glow", "mnist"): "1.05 (Kingma & Dhariwal 2018, as reported by Grathwohl et al. 2019); target ≤ 1.08",
 }
 OTHER_ANCHORS = "FFJORD 0.99, Residual Flow 0.97 (not in genzoo)"
+CONFIGS = REPO / "configs" / "flows"
 
 
 def config_path(model: str) -> Path:
-    return REPO / "configs" / "flows" / f"{model}.toml"
+    return CONFIGS / f"{model}.toml"
+
+
+def protocol(model) -> str:
+    """The protocol of ../shared/PROTOCOLS.md a flow's figure is under: on binary data the fixed
+    binarization the data set comes with (static: flows.py never redraws it); on 8-bit data the
+    dequantization its bound is taken under; on real-valued data (a data file) none, the
+    log-likelihood being exact."""
+    if model.support == "binary":
+        return "static"
+    return "continuous" if model.levels is None else f"{model.config.dequantization} dequantization"
 
 
 def sampling_rate(model: torch.nn.Module, batch: int, device: torch.device) -> float:
@@ -73,6 +89,7 @@ def run_one(model_name: str, dataset: str, args: argparse.Namespace, device: tor
         "model": model_name,
         "dataset": dataset,
         "data_kind": model.support,
+        "protocol": protocol(model),
         "split": "test",
         "nll_nats": evaluation.nll_nats,
         "bits_per_dim": evaluation.bits_per_dim,
@@ -117,7 +134,7 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["nice", "realnvp", "glow"])
     parser.add_argument("--datasets", nargs="+", default=["mnist", "binarized-mnist"],
@@ -129,18 +146,20 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=default_data_dir())
     parser.add_argument("--runs", default=str(REPO / "benchmarks" / "runs"), help="folder for the run folders")
-    parser.add_argument("--results", default=str(RESULTS), help="folder for flows.json and flows.md")
-    args = parser.parse_args()
+    add_results_option(parser, "flows.json and flows.md")
+    args = parser.parse_args(argv)
+    refuse_unknown_models(parser, args.models, config_names(CONFIGS), "no config in configs/flows")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     device = resolve_device(args.device)
-    results = Path(args.results)
-    results_json = results / "flows.json"
+    results_json = args.results / "flows.json"
     for dataset in args.datasets:
         for model in args.models:
-            if not config_path(model).exists():
-                print(f"skipping {model}: no config")
-                continue
             records = merge_records(results_json, [run_one(model, dataset, args, device)], key=("model", "dataset"))
-            (results / "flows.md").write_text(markdown_table(records) + "\n")
+            (args.results / "flows.md").write_text(markdown_table(records) + "\n")
     print(markdown_table(json.loads(results_json.read_text())))
 
 

@@ -2,7 +2,8 @@
 dimension) vs the model's fast sampler (caches) vs speculative sampling with a cheap draft, all
 measured in the same run, with the draft's acceptance rate.
 
-    python benchmarks/sampling.py [--train-seconds 30] [--repeats 3] [--naive-dims 64] [--gamma 4]
+    python benchmarks/sampling.py [--train-seconds 30] [--repeats 3] [--naive-dims 64] [--gamma 4] \
+        [--threads N] [--results DIR]
 
 Each model has its config's hyperparameters (configs/<model>.toml). With --train-seconds S > 0,
 every target and the draft (an FVSBN, or a small MADE with --draft made) first take S seconds of
@@ -11,7 +12,9 @@ the draft agrees with the target often enough for the acceptance rate to mean so
 S = 0 all weights are the random initialization. Naive sampling costs D identical full passes, so
 with --naive-dims k it is timed over the first k dimensions and scaled by D / k (recorded as
 ``naive_extrapolated_from_dims``); --naive-dims 0 times the whole sampler. Figures are medians
-over --repeats runs. Writes benchmarks/results/sampling-<device type>.json and .md.
+over --repeats runs. Only the autoregressive models (those that draw from uniforms, draw_uniforms)
+are accepted. Writes <results>/sampling-<device type>.json and .md (--results defaults to
+benchmarks/results).
 """
 from __future__ import annotations
 
@@ -22,10 +25,12 @@ import time
 import torch
 
 import genzoo
-from common import REPO, RESULTS, command_line, default_data_dir, device_description, median_seconds, merge_records
+from common import (REPO, add_results_option, add_threads_option, at_least, command_line, default_data_dir,
+                    device_description, median_seconds, merge_records, refuse_unknown_models, use_threads)
 from genzoo.config import DataConfig, RunConfig, load_run_config
 from genzoo.data import make_training_data
 from genzoo.devices import resolve_device
+from genzoo.models.base import model_info
 from genzoo.sampling import speculative_sample
 from genzoo.training import make_optimizer
 
@@ -36,6 +41,12 @@ DRAFTS = {"fvsbn": {}, "made": {"hidden_sizes": [64]}}
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def autoregressive_models() -> list[str]:
+    """The registered models this script can time: the chain-rule family, whose samplers draw from
+    uniforms (draw_uniforms) and which have a naive sampler to compare with."""
+    return [name for name in genzoo.list_models() if model_info(name).family == "autoregressive"]
 
 
 def config_hyperparameters(name: str) -> dict:
@@ -147,22 +158,30 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_models = [m for m in ("fvsbn", "nade", "made", "transformer", "pixelcnn", "gated-pixelcnn") if m in genzoo.list_models()]
+    default_models = [m for m in ("fvsbn", "nade", "made", "transformer", "pixelcnn", "gated-pixelcnn")
+                      if m in autoregressive_models()]
     parser.add_argument("--models", nargs="+", default=default_models)
     parser.add_argument("--draft", choices=sorted(DRAFTS), default="fvsbn")
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--naive-dims", type=int, default=64, help="time this many naive passes and scale (0: all)")
     parser.add_argument("--train-seconds", type=float, default=30.0, help="brief training of each model and the draft (0: random init)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    add_threads_option(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", default=default_data_dir())
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_results_option(parser, "sampling-<device type>.json and .md")
+    args = parser.parse_args(argv)
+    refuse_unknown_models(parser, args.models, autoregressive_models(),
+                          "not an autoregressive model (no draw_uniforms to sample from)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    use_threads(args.threads)
     device = resolve_device(args.device)
     train_x = None
     if args.train_seconds > 0:
@@ -174,12 +193,11 @@ def main() -> None:
     draft.eval()
     print(f"device: {device_description(device)}; draft {args.draft}: {draft_steps} training steps")
     records = [measure(name, draft, args, device, train_x) for name in args.models]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"sampling-{device.type}"
-    merged = merge_records(RESULTS / f"{stem}.json", records, key=("model",))
-    (RESULTS / f"{stem}.md").write_text(markdown_table(merged) + "\n")
+    out = args.results / f"sampling-{device.type}.json"
+    merged = merge_records(out, records, key=("model",))
+    out.with_suffix(".md").write_text(markdown_table(merged) + "\n")
     print(markdown_table(records))
-    print(f"written to {RESULTS / (stem + '.json')} and {RESULTS / (stem + '.md')}")
+    print(f"written to {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 configurations, against this machine's own float32 matmul rate and against peer-style baselines
 (peer_style.py), all measured in the same run.
 
-    python benchmarks/speed.py [--device auto] [--repeats 5]
+    python benchmarks/speed.py [--device auto] [--repeats 5] [--name STEM] [--results DIR]
 
-Writes benchmarks/results/speed-<device type>.json and .md (the README's table). Whatever is
-compared (a model against its peer-style baseline; MADE's step against its dense-product
-variant, its bare products and the 2048² matmul) is timed interleaved: each of --repeats rounds
-runs every contender once, a rate is the median over rounds, and a ratio is the median of the
+Writes <results>/<name>.json and .md (the README's table); --results defaults to benchmarks/results
+and --name to speed-<device type>, so a run on another host can be kept under its own name
+(e.g. --name speed-cpu-middle-host). Whatever is compared (a model against its peer-style
+baseline; MADE's step against its dense-product variant, its bare products and the 2048² matmul;
+a model's fast sampler against its naive one) is timed interleaved: each of --repeats rounds runs
+every contender once, a rate or time is the median over rounds, and a ratio is the median of the
 ratios taken within each round, so that a slow spell of a shared host moves both sides alike.
 """
 from __future__ import annotations
@@ -17,13 +19,15 @@ import contextlib
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 import genzoo
 import peer_style
-from common import RESULTS, command_line, device_description, interleaved_seconds, median_ratio, median_seconds
+from common import (add_results_option, at_least, command_line, device_description, interleaved_seconds,
+                    median_ratio, median_seconds)
 from genzoo.config import RunConfig
 from genzoo.devices import resolve_device, tune_cpu_process
 from genzoo.nn import row_blocks_fraction
@@ -189,13 +193,21 @@ def train_step_breakdown_ms(name: str, device: torch.device, repeats: int, steps
     return {part: 1e3 * statistics.median(seconds) for part, seconds in parts.items()}
 
 
-def sampling_seconds(name: str, device: torch.device, repeats: int, naive: bool, n: int = 16) -> float:
+def sampling_calls(name: str, device: torch.device, n: int = 16) -> dict[str, Callable[[], None]]:
+    """Drawing ``n`` samples from the same uniforms with the model's fast sampler and with its
+    naive one (a full pass of the network per dimension), to be timed in the same rounds."""
     hyper, _ = CONFIGS[name]
     model = genzoo.build_model(name, (1, 28, 28), **hyper).to(device).eval()
     u = model.draw_uniforms(n, torch.Generator(device=device).manual_seed(0))
-    sampler = model.sample_naive if naive else model.sample_from_uniforms
-    with torch.no_grad():
-        return median_seconds(lambda: (sampler(u), _sync(device)), repeats if not naive else max(1, repeats // 2))
+
+    def timed(sampler: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def draw():
+            with torch.no_grad():
+                sampler(u)
+            _sync(device)
+        return draw
+
+    return {"fast": timed(model.sample_from_uniforms), "naive": timed(model.sample_naive)}
 
 
 def made_comparison(device: torch.device, hyper: dict, batch: int, rounds: int,
@@ -257,14 +269,26 @@ def markdown_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="interleaved rounds of each comparison (and repeats of each sampling time)")
-    args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="interleaved rounds of each comparison")
+    parser.add_argument("--name", help="the records' file stem (default: speed-<device type>)")
+    add_results_option(parser, "<name>.json and .md")
+    args = parser.parse_args(argv)
+    if args.name is not None and (not args.name or Path(args.name).name != args.name):
+        parser.error(f"--name is a file stem inside --results, got {args.name!r}")
+    return args
+
+
+def record_paths(args: argparse.Namespace, device: torch.device) -> tuple[Path, Path]:
+    """Where the run's record and its markdown table go: <results>/<name>.json and .md."""
+    stem = args.name or f"speed-{device.type}"
+    return args.results / f"{stem}.json", args.results / f"{stem}.md"
+
+
+def main() -> None:
+    args = parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
     cpu_settings = tune_cpu_process() if device.type == "cpu" else {}  # as the Trainer does
@@ -273,7 +297,8 @@ def main() -> None:
     print(f"device: {device_description(device)}; float32 matmul (2048²): {peak_readings[0]:.1f} GFLOP/s")
     record = {"device": device_description(device), "threads": torch.get_num_threads(), "matmul_gflops": None,
               "glibc_keeps_freed_memory": cpu_settings.get("glibc_keeps_freed_memory", False),
-              "timing": "interleaved rounds; rates are medians over rounds, ratios medians of per-round ratios",
+              "timing": "interleaved rounds (training, and fast against naive sampling); rates and times are "
+                        "medians over rounds, ratios medians of per-round ratios",
               "rounds": args.repeats, "command": command_line(), "models": {}}
     for name in ("fvsbn", "nade", "made"):
         hyper, batch = CONFIGS[name]
@@ -285,8 +310,8 @@ def main() -> None:
         else:
             rates = interleaved_rates({"genzoo": genzoo_steps, "peer-style": peer_steps}, args.repeats)
         rate, peer_rate = statistics.median(rates["genzoo"]), statistics.median(rates["peer-style"])
-        fast = sampling_seconds(name, device, args.repeats, naive=False)
-        naive = sampling_seconds(name, device, args.repeats, naive=True)
+        sampling = interleaved_seconds(sampling_calls(name, device), args.repeats)
+        fast, naive = statistics.median(sampling["fast"]), statistics.median(sampling["naive"])
         entry = {
             "hyperparameters": hyper,
             "train_batch_size": batch,
@@ -295,14 +320,15 @@ def main() -> None:
             "train_speedup_vs_peer_style": median_ratio(rates["genzoo"], rates["peer-style"]),
             "sample16_seconds_fast": fast,
             "sample16_seconds_naive": naive,
-            "fast_over_naive_sampling": naive / fast,
+            "fast_over_naive_sampling": median_ratio(sampling["naive"], sampling["fast"]),
             "peer_quoted": PEER[name],
             "train_speedup_vs_peer_quoted": rate / PEER[name]["train_examples_per_second"],
             "sampling_speedup_vs_peer_quoted": PEER[name]["sample16_seconds"] / fast,
         }
         line = (f"{name:6s} train {rate:8.0f} examples/s (batch {batch}; {entry['train_speedup_vs_peer_style']:.1f}x "
                 f"the peer-style baseline's {peer_rate:.0f}; {entry['train_speedup_vs_peer_quoted']:.1f}x the peer's "
-                f"quoted rate) | 16 samples: fast {fast:.3f} s, naive {naive:.2f} s ({naive / fast:.0f}x)")
+                f"quoted rate) | 16 samples: fast {fast:.3f} s, naive {naive:.2f} s "
+                f"({entry['fast_over_naive_sampling']:.0f}x)")
         if name == "made":
             entry.update(made)
             entry["step_breakdown_ms"] = train_step_breakdown_ms(name, device, args.repeats)
@@ -331,11 +357,11 @@ def main() -> None:
           f"{made['dense_equivalent_fraction_of_matmul_peak']:.0%}); with dense products "
           f"{made['dense_products_fraction_of_matmul_peak']:.0%}; the bare dense products "
           f"{made['step_matmuls_fraction_of_matmul_peak']:.0%} (medians over {args.repeats} rounds)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"speed-{device.type}.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown_table(record) + "\n")
-    print(f"written to {out} and {out.with_suffix('.md')}")
+    out_json, out_md = record_paths(args, device)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(record, indent=2) + "\n")
+    out_md.write_text(markdown_table(record) + "\n")
+    print(f"written to {out_json} and {out_md}")
 
 
 if __name__ == "__main__":

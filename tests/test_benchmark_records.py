@@ -1,10 +1,13 @@
-"""The binarized-MNIST benchmark's description of runs extended with --epochs."""
+"""The binarized-MNIST benchmark's table: runs extended with --epochs, bounds, the published copies."""
+import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from binarized_mnist import epochs_per_plan, markdown_table  # noqa: E402
+from common import RESULTS  # noqa: E402
 
 
 def _record(**fields):
@@ -34,3 +37,14 @@ def test_a_run_never_extended_shows_its_epochs_alone():
 
 def test_a_run_fitted_to_its_time_budget_says_how_many_epochs_were_planned():
     assert "| 140 of 300 (fitted to the time budget) |" in markdown_table([_record(epochs=140, fitted_from_epochs=300)])
+
+
+def test_a_bound_is_marked_on_its_nll_and_on_its_bits_per_dim():
+    assert "| ≤ 88.00 | ≤ 0.1600 | lower_bound |" in markdown_table([_record(epochs=1, likelihood="lower_bound")])
+    assert "| 88.00 | 0.1600 | exact |" in markdown_table([_record(epochs=1)])
+
+
+def test_the_published_table_and_the_readme_show_the_records():
+    table = markdown_table(json.loads((RESULTS / "binarized-mnist.json").read_text())) + "\n"
+    assert (RESULTS / "binarized-mnist.md").read_text() == table
+    assert table in (REPO / "README.md").read_text()

@@ -22,10 +22,16 @@ def test_a_second_call_resumes_the_run_and_trains_only_the_added_epochs(tmp_path
     assert len(lines) == 3, "the resumed run trained epochs 2 and 3 only"
 
 
-def test_max_seconds_overrides_the_config(tmp_path):
-    config = tiny_run_config(epochs=1)
-    fit_or_resume(config, tmp_path / "run", torch.device("cpu"), None, max_seconds=1234.0)
-    assert config.train.max_seconds == 1234.0
+def test_a_resumed_run_trains_to_the_new_time_budget(tmp_path):
+    # the first call stops at its budget; the second, with a larger one, must train on to it and
+    # not stop at the budget the run folder's config.toml still holds
+    run_dir, device = tmp_path / "fvsbn-static", torch.device("cpu")
+    first = fit_or_resume(tiny_run_config("fvsbn", epochs=100000), run_dir, device, None, max_seconds=0.3)
+    assert first.stopped_because == "reached max_seconds = 0.3"
+    second = fit_or_resume(tiny_run_config("fvsbn", epochs=100000), run_dir, device, None, max_seconds=0.8)
+    assert second.stopped_because == "reached max_seconds = 0.8"
+    assert second.epochs_completed > first.epochs_completed
+    assert second.train_seconds >= 0.8
 
 
 def test_the_nll_benchmark_fits_a_budgeted_run_and_records_it(tmp_path, monkeypatch):

@@ -83,9 +83,7 @@ def test_speed_name_is_a_file_stem(capsys):
     assert "--name is a file stem" in usage_error(speed, ["--name", "../elsewhere"], capsys)
 
 
-# recorded before --name existed, and its command not amended: it names the file it first wrote
-NOT_AMENDED = {"speed-cpu-quiet-host.json"}
-SPEED_RECORDS = sorted(path for path in common.RESULTS.glob("speed-*.json") if path.name not in NOT_AMENDED)
+SPEED_RECORDS = sorted(common.RESULTS.glob("speed-*.json"))
 
 
 @pytest.mark.parametrize("path", SPEED_RECORDS, ids=lambda path: path.name)

@@ -2,6 +2,9 @@
 fallback when no kernel can be built."""
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -280,11 +283,73 @@ def test_kernel_loader_falls_back_when_compilation_fails(monkeypatch, tmp_path):
 def test_kernel_loader_builds_into_its_cache_once(monkeypatch, tmp_path):
     monkeypatch.setenv("GENZOO_KERNEL_CACHE", str(tmp_path))
     assert kernels.load.__wrapped__("nade") is not None
-    built = list(tmp_path.iterdir())
-    assert len(built) == 1 and built[0].name.startswith("nade-") and built[0].suffix == ".so"
-    stamp = built[0].stat().st_mtime_ns
+    built = sorted(tmp_path.iterdir())
+    assert [p.name.split("-")[0] for p in built] == ["nade", "nade"]
+    assert [p.suffixes[-1] for p in built] == [".so", ".sha256"]  # the library and its digest
+    stamps = [p.stat().st_mtime_ns for p in built]
     assert kernels.load.__wrapped__("nade") is not None
-    assert [p.stat().st_mtime_ns for p in tmp_path.iterdir()] == [stamp]
+    assert [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())] == stamps
+
+
+def _best_library_path(tmp_path) -> Path:
+    return next(p for p in tmp_path.iterdir() if p.suffix == ".so")
+
+
+@needs_nade_kernel
+@pytest.mark.parametrize("damage", ["garbage", "empty", "no digest"])
+def test_a_damaged_cached_library_is_rebuilt_with_the_best_flags(monkeypatch, tmp_path, damage):
+    """A damaged library used to be trusted (a truncated one crashes dlopen with SIGBUS) or, when
+    dlopen refused it, skipped for a build with weaker flags, never rebuilt (27x slower NADE)."""
+    monkeypatch.setenv("GENZOO_KERNEL_CACHE", str(tmp_path))
+    best = kernels.load.__wrapped__("nade")._name
+    library = _best_library_path(tmp_path)
+    if damage == "no digest":
+        kernels._digest_path(library).unlink()
+    else:
+        library.write_bytes(b"" if damage == "empty" else b"not an ELF file" * 64)
+    assert kernels.load.__wrapped__("nade")._name == best
+    assert kernels._intact(library) and len(list(tmp_path.iterdir())) == 2
+
+
+@needs_nade_kernel
+def test_an_unusable_cache_folder_builds_in_a_temporary_one(monkeypatch, tmp_path):
+    """A cache folder that cannot be created (here: under a file) used to make every NADE call
+    fail; the kernel is built in a private temporary folder instead, with a warning."""
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("GENZOO_KERNEL_CACHE", str(tmp_path / "a-file" / "kernels"))
+    with pytest.warns(UserWarning, match="cannot use the kernel cache folder .*a-file/kernels"):
+        library = kernels.load.__wrapped__("nade")
+    assert library is not None and library.nade_lanes() >= 1
+
+
+@pytest.mark.parametrize("value", ["", "  ", "."])
+def test_the_kernel_cache_folder_is_absolute_and_an_empty_setting_is_unset(monkeypatch, tmp_path, value):
+    """dlopen looks a name without a slash up on the system's library path, not in the folder
+    the library was compiled into."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GENZOO_KERNEL_CACHE", value)
+    folder = kernels._cache_folder()
+    assert folder.is_absolute()
+    if value.strip():
+        assert folder == tmp_path.resolve()
+    else:
+        monkeypatch.delenv("GENZOO_KERNEL_CACHE")
+        assert folder == kernels._cache_folder()
+
+
+def test_an_interrupted_build_leaves_no_temporary_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENZOO_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_compiler", lambda: "cc")
+
+    def interrupted(command, **kwargs):
+        if "--version" in command:
+            return subprocess.CompletedProcess(command, 0, "cc 1.0", "")
+        raise KeyboardInterrupt  # Ctrl-C while the compiler runs
+
+    monkeypatch.setattr(kernels.subprocess, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        kernels.load.__wrapped__("nade")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- threads ------------------------------------------------------------------------------------

@@ -67,22 +67,68 @@ def _cpu_signature() -> str:
 
 
 def _cache_folder() -> Path:
+    """``$GENZOO_KERNEL_CACHE`` (empty means unset), else the genzoo cache folder's ``kernels``;
+    absolute, because ``dlopen`` looks a name without a slash up on the system's library path."""
     from genzoo.data.download import data_dir  # the one genzoo cache folder
 
-    return Path(os.environ.get("GENZOO_KERNEL_CACHE", data_dir() / "kernels"))
+    configured = os.environ.get("GENZOO_KERNEL_CACHE", "").strip()
+    return (Path(configured).expanduser() if configured else data_dir() / "kernels").resolve()
+
+
+def _digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(library: Path) -> bool:
+    """Whether ``library`` is the file its build wrote, by the digest written beside it: a
+    truncated library crashes ``dlopen`` with SIGBUS, and a damaged one is never rebuilt
+    otherwise (the loader would move on to slower flags)."""
+    try:
+        return library.exists() and _digest_path(library).read_text().strip() == _file_sha256(library)
+    except OSError:
+        return False
 
 
 def _build(source: Path, compiler: str, flags: list[str], target: Path) -> bool:
+    """Compile ``source`` into ``target`` with its digest beside it; False if the compiler fails.
+    Both files are written under temporary names and renamed into place (atomic), so that a
+    concurrent or interrupted build never leaves a half-written library, nor its temporary file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    command = [compiler, *flags, "-shared", "-fPIC", str(source), "-o", tmp, "-lm"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        os.unlink(tmp)
-        return False
-    os.replace(tmp, target)  # atomic: a concurrent build never leaves a half-written library
-    return True
+    digest_tmp = Path(tmp + ".sha256")
+    try:
+        command = [compiler, *flags, "-shared", "-fPIC", str(source), "-o", tmp, "-lm"]
+        if subprocess.run(command, capture_output=True, text=True).returncode != 0:
+            return False
+        with open(tmp, "rb") as built:
+            os.fsync(built.fileno())  # on disk before the rename makes it the cached library
+        digest_tmp.write_text(_file_sha256(Path(tmp)) + "\n")
+        os.replace(digest_tmp, _digest_path(target))
+        os.replace(tmp, target)
+        return True
+    finally:
+        for leftover in (Path(tmp), digest_tmp):
+            leftover.unlink(missing_ok=True)
+
+
+def _load_from(folder: Path, name: str, source: Path, compiler: str, version: str) -> ctypes.CDLL | None:
+    """The kernel built with the best flag set that compiles and loads, cached in ``folder``."""
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256("\0".join([source.read_text(), *flags, version, platform.machine(),
+                                        _cpu_signature()]).encode()).hexdigest()[:16]
+        target = folder / f"{name}-{key}.so"
+        if not _intact(target) and not _build(source, compiler, flags, target):
+            continue
+        try:
+            return ctypes.CDLL(str(target))
+        except OSError:
+            continue
+    return None
 
 
 @lru_cache(maxsize=None)
@@ -96,17 +142,21 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
     source = Path(__file__).with_name(f"{name}.c")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    for flags in _FLAG_SETS:
-        key = hashlib.sha256("\0".join([source.read_text(), *flags, version, platform.machine(),
-                                        _cpu_signature()]).encode()).hexdigest()[:16]
-        target = _cache_folder() / f"{name}-{key}.so"
-        if target.exists() or _build(source, compiler, flags, target):
+    folder = _cache_folder()
+    try:
+        library = _load_from(folder, name, source, compiler, version)
+    except OSError as error:  # a cache folder that cannot be created or written
+        warnings.warn(f"genzoo: cannot use the kernel cache folder {folder} ({error.strerror or error}); "
+                      f"building the {name} kernel in a temporary folder (set GENZOO_KERNEL_CACHE to a writable folder to keep it)")
+        # a library stays loaded after its file is removed, so the folder can go at once
+        with tempfile.TemporaryDirectory(prefix="genzoo-kernels-", ignore_cleanup_errors=True) as private:
             try:
-                return ctypes.CDLL(str(target))
+                library = _load_from(Path(private), name, source, compiler, version)
             except OSError:
-                continue
-    warnings.warn(f"genzoo: could not compile the {name} kernel with {compiler}; falling back to PyTorch (slower)")
-    return None
+                library = None
+    if library is None:
+        warnings.warn(f"genzoo: could not compile the {name} kernel with {compiler}; falling back to PyTorch (slower)")
+    return library
 
 
 _kernel_threads: int | None = None  # set by threads_for_kernels

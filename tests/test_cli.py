@@ -674,6 +674,20 @@ def test_cuda_device_without_cuda(tmp_path, capsys):
     assert "no CUDA device" in _error_line(capsys)
 
 
+@pytest.mark.parametrize("name, message", [
+    ("cuda:7", "torch sees 2 CUDA devices (cuda:0 to cuda:1)"), ("cuda:-1", "unknown device 'cuda:-1'"),
+    ("cudax", "unknown device 'cudax'"), ("cuda 0", "unknown device 'cuda 0'"), ("cuda:0:1", "unknown device"),
+])
+def test_a_bad_cuda_device_is_one_line_on_a_machine_with_gpus(monkeypatch, tmp_path, capsys, name, message):
+    """torch.device raises RuntimeError for these, which used to reach the user as a traceback; an
+    index past the devices used to fail only when the model moved there."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert genzoo.devices.resolve_device("cuda:1") == torch.device("cuda:1")
+    assert main(["train", "made", "--data", "digits", "--device", name, "--out", str(tmp_path / "run")]) == 2
+    assert message in _error_line(capsys)
+
+
 # -- help ---------------------------------------------------------------------------------------------
 
 

@@ -81,6 +81,23 @@ def test_encode_decode_interpolate(vae_run, tmp_path, capsys):
     assert "out of range" in _error_line(capsys)
 
 
+def test_decode_refuses_latents_beyond_the_models_float32_and_interpolate_checks_memory(vae_run, tmp_path, capsys,
+                                                                                       monkeypatch):
+    """1e300 is finite in float64 but inf in the model's float32: it decoded to NaN images with
+    exit code 0. A huge --steps is refused before it is drawn, as a huge -n is."""
+    z = np.zeros((3, 4))
+    z[2, 1] = 1e300
+    np.save(tmp_path / "z.npy", z)
+    assert main(["decode", str(vae_run), str(tmp_path / "z.npy"), "--out", str(tmp_path / "d.png")]) == 2
+    assert "latent row 2 holds a value beyond the range of the model's float32" in _error_line(capsys)
+    import genzoo.cli
+
+    monkeypatch.setattr(genzoo.cli, "_available_memory_bytes", lambda: 100_000_000)
+    assert main(["interpolate", str(vae_run), "--pair", "0", "1", "--steps", "100000",
+                 "--out", str(tmp_path / "s.png")]) == 2
+    assert "--steps 100000: 100000 images of 64 values need about 0.2 GB in memory" in _error_line(capsys)
+
+
 def test_gumbel_vae_encodes_to_category_indices(tmp_path):
     run = tmp_path / "gumbel"
     assert main(["train", "gumbel-vae", "--data", "digits", "--epochs", "1", *SMALL, "-p", "num_latents=3",

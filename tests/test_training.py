@@ -310,6 +310,25 @@ def test_extending_a_finished_run_trains_its_next_epoch_at_the_new_plans_lr(tmp_
     assert lrs_at_start[3] > 0
 
 
+def test_a_gpu_runs_checkpoint_carries_its_devices_generator(monkeypatch):
+    """On a GPU a VAE's training draws and dropout come from the device's generator: a resume must
+    restore it (only the CPU's was saved, so a resumed GPU run replayed epoch 1's draws)."""
+    from genzoo.training import random_states, restore_random_states
+
+    device_states = {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([7, 8], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: device_states.update({str(device): state}))
+    order = torch.Generator().manual_seed(1)
+    states = random_states(order, torch.device("cuda:0"))
+    assert torch.equal(states["cuda"], torch.tensor([7, 8], dtype=torch.uint8))
+    restore_random_states(states, torch.Generator(), torch.device("cuda:0"))
+    assert torch.equal(device_states["cuda:0"], states["cuda"])
+    assert "cuda" not in random_states(order, torch.device("cpu"))
+    device_states.clear()
+    restore_random_states(states, torch.Generator(), torch.device("cpu"))
+    assert device_states == {}
+
+
 def test_resume_drops_metrics_the_checkpoint_does_not_hold(tmp_path):
     run_dir = tmp_path / "run"
     _fit(tiny_run_config("made", epochs=2), run_dir)

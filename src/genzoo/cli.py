@@ -442,7 +442,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         _check_image_output(args.out)
     device = resolve_device(args.device)
     run, _, model = load_run(args.run_dir, args.checkpoint, device)
-    _check_samples_fit_in_memory(args.num_samples, model.num_dims)
+    _check_images_fit_in_memory(args.num_samples, model.num_dims)
     if args.sampler != "speculative" and (args.draft is not None or args.gamma is not None):
         raise ValueError(f"{'--draft' if args.draft is not None else '--gamma'} is only used with --sampler speculative")
     args.gamma = SPECULATIVE_GAMMA if args.gamma is None else args.gamma
@@ -487,15 +487,15 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 SAMPLE_BYTES_PER_VALUE = 36
 
 
-def _check_samples_fit_in_memory(n: int, num_dims: int) -> None:
-    """Refuse an -n whose samples (kept in memory for the grid and the .npy) could not fit, instead
-    of drawing until the machine runs out."""
+def _check_images_fit_in_memory(n: int, num_dims: int, option: str = "-n", images: str = "samples") -> None:
+    """Refuse an -n (or --steps) whose images, kept in memory for the grid and the .npy, could not
+    fit, instead of drawing until the machine runs out."""
     needed = SAMPLE_BYTES_PER_VALUE * n * num_dims
     available = _available_memory_bytes()
     if available is not None and needed > available:
-        raise ValueError(f"-n {n}: {n} samples of {num_dims} values need about {needed / 1e9:,.1f} GB in memory "
-                         f"(the samples, their .npy and the PNG grid), and {available / 1e9:,.1f} GB are available; "
-                         "draw fewer")
+        raise ValueError(f"{option} {n}: {n} {images} of {num_dims} values need about {needed / 1e9:,.1f} GB in memory "
+                         f"(the {images}, their .npy and the PNG grid), and {available / 1e9:,.1f} GB are available; "
+                         "ask for fewer")
 
 
 def _available_memory_bytes() -> int | None:
@@ -625,6 +625,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> None:
     _check_image_output(args.out)
     device = resolve_device(args.device)
     _, payload, model = _load_latent_run(args.run_dir, args.checkpoint, device)
+    _check_images_fit_in_memory(args.steps, model.num_dims, "--steps", "images")
     x, _ = _split_data(payload, args.split, args.data_dir)
     for index in args.pair:
         if not 0 <= index < len(x):

@@ -23,7 +23,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name} was asked for, but torch sees no CUDA device")
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:  # "cudax", "cuda:-1", "cuda 0"
+            raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:INDEX") from None
+        count = torch.cuda.device_count()
+        if device.type != "cuda" or (device.index is not None and not 0 <= device.index < count):
+            raise ValueError(f"--device {name}: torch sees {count} CUDA device{'s' if count != 1 else ''} "
+                             f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''})")
+        return device
     raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda")
 
 

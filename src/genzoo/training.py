@@ -214,6 +214,24 @@ def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, state:
         scheduler._last_lr = lrs
 
 
+def random_states(data_order: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """The random streams a resume must continue: the data order, torch's CPU generator and, on a
+    GPU, that device's generator (a VAE's training draws and dropout masks come from it there)."""
+    states = {"data_order": data_order.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_random_states(states: dict[str, torch.Tensor], data_order: torch.Generator, device: torch.device) -> None:
+    """Set the streams ``random_states`` saved; a GPU stream saved on another device type is left
+    as seeded (a run moved between CPU and GPU cannot repeat its draws anyway)."""
+    data_order.set_state(states["data_order"])
+    torch.set_rng_state(states["torch"])
+    if device.type == "cuda" and isinstance(states.get("cuda"), torch.Tensor):
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
 def weight_l1_norm(model: nn.Module) -> torch.Tensor:
     """Σ|w| over the weights of the linear and convolutional layers, the L1 penalty's norm.
 
@@ -352,8 +370,7 @@ class Trainer:
                     module.relabel_loaded_optimizer_state(optimizer)
             load_scheduler_state(scheduler, payload["scheduler"])
             try:
-                data_order.set_state(payload["rng"]["data_order"])
-                torch.set_rng_state(payload["rng"]["torch"])
+                restore_random_states(payload["rng"], data_order, self.device)
             except (RuntimeError, TypeError) as error:
                 raise CheckpointError(f"{self.run.last} holds random-generator states torch cannot use "
                                       f"({str(error).splitlines()[0][:120]}): the file is corrupt") from None
@@ -455,7 +472,7 @@ class Trainer:
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "epochs_without_improvement": stale,
-                        "rng": {"data_order": data_order.get_state(), "torch": torch.get_rng_state()},
+                        "rng": random_states(data_order, self.device),
                     }, self.run.last)
                 validated = f", valid NLL {record['valid_nll']:.3f} nats{' (best)' if improved else ''}" if "valid_nll" in record else ""
                 self._say(

@@ -351,6 +351,11 @@ class LatentVariableModel(GenerativeModel):
         if z.is_floating_point() and not torch.isfinite(z).all():
             row = int((~torch.isfinite(z.reshape(len(z), -1))).any(1).nonzero()[0])
             raise ValueError(f"latent row {row} is not finite (NaN or infinity)")
+        # checked again in the model's dtype: 1e300 is finite in float64 and inf in float32
+        if z.is_floating_point() and not torch.isfinite(z.to(self._dtype())).all():
+            row = int((~torch.isfinite(z.to(self._dtype()).reshape(len(z), -1))).any(1).nonzero()[0])
+            raise ValueError(f"latent row {row} holds a value beyond the range of the model's "
+                             f"{str(self._dtype()).removeprefix('torch.')}")
 
     @torch.no_grad()
     def _sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -384,9 +386,85 @@ def test_download_checks_the_sha256(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.amat"]
 
     _fake_urlopen(monkeypatch, b"tampered")
-    with pytest.raises(DataError, match="corrupt: sha256"):
+    with pytest.raises(DataError) as info:
         find_or_download("other.amat", "http://example.invalid/other.amat", "0" * 64, tmp_path, "demo")
+    message = _one_line(info)
+    assert "http://example.invalid/other.amat" in message and "the server sent a different file (sha256" in message
+    assert "put other.amat there" in message and str(tmp_path) in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.amat"], "a bad download was left behind"
+
+
+def test_a_downloaded_file_is_readable_by_whoever_may_read_the_folder(tmp_path, monkeypatch):
+    """A temporary file is created 0o600 and a rename keeps that: in a shared GENZOO_DATA folder,
+    every other user was refused the downloaded data set."""
+    from genzoo.data.download import find_or_download
+
+    content = b"0 1\n" * 10
+    _fake_urlopen(monkeypatch, content)
+    previous = os.umask(0o022)
+    try:
+        path = find_or_download("f.amat", "http://example.invalid/f.amat", hashlib.sha256(content).hexdigest(),
+                                tmp_path, "demo")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+class _CutResponse(_FakeResponse):
+    """A response whose connection drops: ``cut`` bytes of the promised body, then an error or EOF."""
+
+    def __init__(self, data: bytes, cut: int, error: Exception | None, length: str | None = None):
+        super().__init__(data[:cut])
+        self.headers = {"Content-Length": length if length is not None else str(len(data))}
+        self.error = error
+
+    def read(self, size=-1):
+        block = super().read(size)
+        if not block and self.error is not None:
+            raise self.error
+        return block
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("short", "the transfer stopped after 100 of 400 bytes"),
+    ("chunked cut", "IncompleteRead"),
+    ("bad length", "the server sent a different file"),
+    ("interrupted", None),
+])
+def test_a_broken_download_is_one_line_and_leaves_the_folder_clean(tmp_path, monkeypatch, case, expected):
+    """A short body, a chunked response cut mid-stream (http.client.IncompleteRead, which used to end
+    in a traceback), a malformed Content-Length (ValueError, likewise) and Ctrl-C during the
+    transfer: none leaves a file or a temporary file behind."""
+    import http.client
+    import urllib.request
+
+    from genzoo.data.download import find_or_download
+
+    data = b"x" * 400
+    response = {"short": lambda: _CutResponse(data, 100, None),
+                "chunked cut": lambda: _CutResponse(data, 100, http.client.IncompleteRead(b"x" * 100)),
+                "bad length": lambda: _CutResponse(data, 100, None, length="12abc"),
+                "interrupted": lambda: _CutResponse(data, 100, KeyboardInterrupt())}[case]
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: response())
+    if expected is None:
+        with pytest.raises(KeyboardInterrupt):
+            find_or_download("f.bin", "http://example.invalid/f.bin", "0" * 64, tmp_path, "demo")
+    else:
+        with pytest.raises(DataError) as info:
+            find_or_download("f.bin", "http://example.invalid/f.bin", "0" * 64, tmp_path, "demo")
+        message = _one_line(info)
+        assert expected in message and "http://example.invalid/f.bin" in message and "put f.bin there" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("xdg", ["", "relative/cache"])
+def test_an_empty_or_relative_xdg_cache_home_is_ignored(monkeypatch, xdg):
+    """The XDG spec: a relative value is invalid; it used to give each working folder its own cache."""
+    from genzoo.data import data_dir
+
+    monkeypatch.delenv("GENZOO_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+    assert data_dir() == Path.home() / ".cache" / "genzoo"
 
 
 def test_an_existing_file_is_not_downloaded_again(tmp_path, monkeypatch):
@@ -405,6 +483,7 @@ def test_download_failure_is_a_clear_data_error(tmp_path, monkeypatch):
         find_or_download("x.npz", "http://example.invalid/x.npz", "0" * 64, tmp_path, "mnist")
     message = _one_line(info)
     assert "'mnist'" in message and str(tmp_path) in message and "GENZOO_DATA" in message
+    assert "from http://example.invalid/x.npz" in message  # where to fetch it by hand
     assert list(tmp_path.iterdir()) == []
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -171,6 +173,10 @@ def test_the_shared_mnist_passes_the_idx_checksums():
     assert len(sources.load_mnist_labels(str(SHARED_DATA))["train"]) == 50_000
 
 
+def _offline(url, timeout=None):
+    raise urllib.error.URLError("Temporary failure in name resolution")
+
+
 def test_a_change_of_genzoo_data_within_a_process_is_seen(tmp_path, tiny_mnist, monkeypatch):
     first, second = tmp_path / "a", tmp_path / "b"
     first.mkdir(), second.mkdir()
@@ -178,6 +184,7 @@ def test_a_change_of_genzoo_data_within_a_process_is_seen(tmp_path, tiny_mnist, 
     monkeypatch.setenv("GENZOO_DATA", str(first))
     assert len(genzoo.load_dataset("mnist", "test")) == 2
     monkeypatch.setenv("GENZOO_DATA", str(second))
+    monkeypatch.setattr(urllib.request, "urlopen", _offline)  # the test must not reach the network
     with pytest.raises(DataError, match=str(second)):
         genzoo.load_dataset("mnist", "test")  # offline, and the folder is empty
 

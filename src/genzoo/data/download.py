@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
-import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-__all__ = ["DataError", "data_dir", "find_or_download", "sha256_of"]
+__all__ = ["DataError", "data_dir", "find_or_download", "sha256_of", "shared_file_mode"]
 
 
 class DataError(ValueError):
@@ -18,12 +18,15 @@ class DataError(ValueError):
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The data folder: ``explicit`` (``--data-dir``), else $GENZOO_DATA, else ~/.cache/genzoo."""
+    """The data folder: ``explicit`` (``--data-dir``), else $GENZOO_DATA, else
+    $XDG_CACHE_HOME/genzoo (~/.cache/genzoo where it is unset, empty or relative, as the XDG spec
+    says: a relative one would give each working folder a cache of its own)."""
     if explicit:
         return Path(explicit).expanduser()
     if os.environ.get("GENZOO_DATA"):
         return Path(os.environ["GENZOO_DATA"]).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    xdg_cache = os.environ.get("XDG_CACHE_HOME", "")
+    cache = Path(xdg_cache) if xdg_cache and Path(xdg_cache).is_absolute() else Path.home() / ".cache"
     return cache / "genzoo"
 
 
@@ -35,26 +38,48 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def shared_file_mode() -> int:
+    """The mode a new file gets under this process's umask (0o644 under 022). A temporary file is
+    created 0o600, and a rename keeps that: other users of a shared data folder could not read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _content_length(response) -> int | None:
+    try:
+        return int(response.headers.get("Content-Length", "")) or None
+    except ValueError:  # a malformed header: the sha256 still decides
+        return None
+
+
 def _download(url: str, target: Path, sha256: str) -> None:
+    """Fetch ``url`` into ``target``: written under a temporary name beside it, checked (length
+    and sha256), then renamed into place, so that a failed, wrong or interrupted download never
+    leaves a file a later run would trust, nor its temporary file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
-        tmp_path = Path(tmp.name)
-        try:
+    tmp_path: Path | None = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, prefix=".genzoo-", suffix=".part") as tmp:
+            tmp_path = Path(tmp.name)
             with urllib.request.urlopen(url, timeout=60) as response:
-                total = int(response.headers.get("Content-Length", 0)) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {target.name}") as bar:
+                expected_bytes, received = _content_length(response), 0
+                with tqdm(total=expected_bytes, unit="B", unit_scale=True, desc=f"download {target.name}",
+                          disable=None) as bar:
                     for block in iter(lambda: response.read(1 << 20), b""):
                         tmp.write(block)
+                        received += len(block)
                         bar.update(len(block))
-        except BaseException:
-            tmp.close()
-            tmp_path.unlink(missing_ok=True)
-            raise
-    actual = sha256_of(tmp_path)
-    if actual != sha256:
-        tmp_path.unlink(missing_ok=True)
-        raise DataError(f"download of {url} is corrupt: sha256 {actual}, expected {sha256}")
-    shutil.move(str(tmp_path), target)
+        if expected_bytes is not None and received != expected_bytes:
+            raise DataError(f"the transfer stopped after {received:,} of {expected_bytes:,} bytes")
+        actual = sha256_of(tmp_path)
+        if actual != sha256:
+            raise DataError(f"the server sent a different file (sha256 {actual}, expected {sha256})")
+        os.chmod(tmp_path, shared_file_mode())
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)  # gone already after the rename
 
 
 def find_or_download(filename: str, url: str, sha256: str, folder: Path, dataset: str,
@@ -66,11 +91,11 @@ def find_or_download(filename: str, url: str, sha256: str, folder: Path, dataset
         return target
     try:
         _download(url, target, sha256)
-    except DataError:
-        raise
-    except OSError as error:
+    # OSError: offline, HTTP errors, an unwritable folder; HTTPException: a connection cut inside a
+    # chunked response; ValueError (DataError too): a short or wrong file, a URL urllib refuses
+    except (OSError, http.client.HTTPException, ValueError) as error:
         raise DataError(
-            f"data set {dataset!r} is not in {folder} and could not be downloaded ({error}); "
+            f"data set {dataset!r} is not in {folder} and could not be downloaded from {url} ({error}); "
             f"put {files_to_put or filename} there, or point --data-dir / GENZOO_DATA at the folder that holds it"
         ) from None
     return target

@@ -549,6 +549,14 @@ def test_resume_accepts_the_same_command_again(run_copy):
     assert [r["epoch"] for r in RunFolder(run_copy).read_metrics()] == [1, 2, 3]
 
 
+def test_resume_accepts_a_hyperparameter_at_its_default(run_copy):
+    """config.toml keeps only the hyperparameters a run set; -p KEY=DEFAULT is the run's value
+    (it was refused: "the run's: None")."""
+    assert main(["train", "made", "--out", str(run_copy), "--resume", "--epochs", "3", "-p", "num_masks=1",
+                 "-p", "order_agnostic=false", "-p", "hidden_sizes=[32]", "--quiet"]) == 0
+    assert [r["epoch"] for r in RunFolder(run_copy).read_metrics()] == [1, 2, 3]
+
+
 def test_resume_takes_a_new_time_budget(run_copy, capsys):
     assert main(["train", "made", "--out", str(run_copy), "--resume", "--epochs", "3", "--max-seconds", "1000",
                  "--quiet"]) == 0

@@ -444,12 +444,13 @@ def test_resume_with_eval_every_keeps_counting_patience(tmp_path):
     "schedule, extra, expected",
     [
         ("constant", {}, [0.01, 0.01, 0.01]),
-        ("exponential", {"lr_decay": 0.5}, [0.005, 0.0025, 0.00125]),
-        ("cosine", {}, [0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in (1, 2, 3)]),
-        ("multistep", {"lr_decay": 0.5, "lr_milestones": (1, 3)}, [0.005, 0.005, 0.0025]),
+        ("exponential", {"lr_decay": 0.5}, [0.01, 0.005, 0.0025]),
+        ("cosine", {}, [0.01 * (1 + math.cos(math.pi * e / 3)) / 2 for e in (0, 1, 2)]),
+        ("multistep", {"lr_decay": 0.5, "lr_milestones": (1, 3)}, [0.01, 0.005, 0.005]),
     ],
 )
 def test_learning_rate_schedules(tmp_path, schedule, extra, expected):
+    """Each epoch's record holds the lr it trained at (the first epoch: the configured lr)."""
     config = tiny_run_config("fvsbn", epochs=3, lr=0.01, lr_schedule=schedule, batch_size=500, **extra)
     _fit(config, tmp_path / "run")
     lrs = [r["lr"] for r in RunFolder(tmp_path / "run").read_metrics()]
@@ -464,8 +465,8 @@ def test_extending_a_cosine_run_stretches_the_rest_of_its_schedule(tmp_path):
     Trainer.resume(run_dir, epochs=4, progress=False).fit()
     lrs = [r["lr"] for r in RunFolder(run_dir).read_metrics()]
     cosine = lambda e, total: 0.01 * (1 + math.cos(math.pi * e / total)) / 2  # noqa: E731
-    assert lrs == pytest.approx([cosine(1, 2), cosine(2, 2), cosine(3, 4), cosine(4, 4)], abs=1e-15)
-    assert lrs[2] > 0.0 and lrs[3] == pytest.approx(0.0, abs=1e-15)
+    assert lrs == pytest.approx([cosine(0, 2), cosine(1, 2), cosine(2, 4), cosine(3, 4)], abs=1e-15)
+    assert lrs[2] > 0.0 and lrs[3] > 0.0
 
 
 def test_a_run_keeps_the_history_of_its_epoch_totals(tmp_path):
@@ -571,7 +572,7 @@ def test_a_checkpoint_from_the_old_cosine_scheduler_resumes(tmp_path):
     genzoo.training.save_checkpoint(payload, last)
     Trainer.resume(run_dir, epochs=4, progress=False).fit()
     lrs = [r["lr"] for r in RunFolder(run_dir).read_metrics()]
-    assert lrs[2:] == pytest.approx([0.01 * (1 + math.cos(math.pi * 3 / 4)) / 2, 0.0], abs=1e-15)
+    assert lrs[2:] == pytest.approx([0.01 * (1 + math.cos(math.pi * e / 4)) / 2 for e in (2, 3)], abs=1e-15)
 
 
 def test_binary_model_on_8bit_data_needs_binarization(tmp_path):
@@ -823,11 +824,36 @@ def test_fitting_shortens_the_plan_so_the_cosine_schedule_ends_in_time(tmp_path,
     assert result.epoch_plans == [(0, 20), (1, 5)]
     assert result.stopped_because == "completed all epochs, fitted to max_seconds = 5.5: 5 of the 20 planned"
     lrs = [r["lr"] for r in RunFolder(tmp_path / "run").read_metrics()]
-    # the lr follows the 5-epoch cosine from the first epoch on, and reaches zero at the end
-    assert lrs == pytest.approx([0.01 * genzoo.training.cosine_factor(e, 5) for e in range(1, 6)], abs=1e-12)
-    assert lrs[-1] == 0.0
+    # each epoch's record holds the lr it trained at: epoch 1 the full lr, then the 5-epoch cosine,
+    # whose last epoch trains at its last step before zero
+    assert lrs == pytest.approx([0.01 * genzoo.training.cosine_factor(e, 5) for e in range(0, 5)], abs=1e-12)
+    assert lrs[0] == 0.01 and lrs[-1] > 0
     assert load_run_config(tmp_path / "run" / "config.toml").train.epochs == 5  # a resume keeps the plan
     assert Trainer.resume(tmp_path / "run", progress=False).fit().epochs_completed == 5
+
+
+def test_a_larger_budget_on_resume_is_fitted_from_the_plan_before_fitting(tmp_path, monkeypatch):
+    """config.toml keeps the fitted plan (5 of 20); a resume with a larger --max-seconds and no
+    --epochs used to train nothing ("completed all epochs"). It fits the new budget from the 20."""
+    _one_second_epochs(monkeypatch)
+    config = tiny_run_config("fvsbn", epochs=20, lr=0.01, lr_schedule="cosine", max_seconds=5.5,
+                             fit_epochs_to_max_seconds=True)
+    _fit(config, tmp_path / "run")
+    result = Trainer.resume(tmp_path / "run", progress=False, max_seconds=9.5).fit()
+    # after epoch 6 (6 s), 3.5 s are left: 3 more epochs fit, so the plan becomes 9
+    assert result.epochs_completed == 9 and result.epoch_plans[-1] == (6, 9)
+    assert load_run_config(tmp_path / "run" / "config.toml").train.epochs == 9
+    # an explicit --epochs is still the user's
+    assert Trainer.resume(tmp_path / "run", progress=False, max_seconds=20, epochs=9).fit().epochs_completed == 9
+
+
+def test_plan_before_fitting():
+    from genzoo.training import plan_before_fitting
+
+    assert plan_before_fitting([(0, 20), (1, 5)]) == 20
+    assert plan_before_fitting([[0, 20], [1, 5], [5, 30], [6, 9]]) == 30
+    assert plan_before_fitting([(0, 20)]) is None and plan_before_fitting(None) is None
+    assert plan_before_fitting([(0, 5), (5, 20)]) is None  # extended, not fitted
 
 
 def test_without_fitting_the_budget_cuts_the_schedule_part_way(tmp_path, monkeypatch):

@@ -214,6 +214,15 @@ def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, state:
         scheduler._last_lr = lrs
 
 
+def plan_before_fitting(epoch_plans: Any) -> int | None:
+    """The epoch total a run planned before its last plan shortened it (fit_epochs_to_max_seconds
+    does), from a checkpoint's [(start epoch, total), ...]; None if the last plan is not shorter."""
+    totals = [plan[1] for plan in epoch_plans or [] if isinstance(plan, (list, tuple)) and len(plan) == 2]
+    if len(totals) >= 2 and all(isinstance(t, int) for t in totals[-2:]) and totals[-1] < totals[-2]:
+        return totals[-2]
+    return None
+
+
 def random_states(data_order: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
     """The random streams a resume must continue: the data order, torch's CPU generator and, on a
     GPU, that device's generator (a VAE's training draws and dropout masks come from it there)."""
@@ -300,6 +309,10 @@ class Trainer:
         config = load_run_config(run.config) if run.config.exists() else None
         if config is None:
             raise CheckpointError(f"{run.config} is missing: cannot resume {run_dir}")
+        if epochs is None and max_seconds is not None and config.train.fit_epochs_to_max_seconds:
+            # config.toml holds the plan fitted to the old budget (1 of 50 epochs, say): a larger
+            # budget is fitted from the plan before it, or the resume would train nothing
+            epochs = plan_before_fitting(payload.get("epoch_plans"))
         changes = {key: value for key, value in (("epochs", epochs), ("max_seconds", max_seconds)) if value is not None}
         if changes:
             raw = config.to_dict()
@@ -406,6 +419,7 @@ class Trainer:
                     best_nll, stale = math.inf, 0  # a new stage: early stopping starts over
                 stage = model.training_stage
                 train_x = data.train_epoch(data_order).reshape(len(data.train_source), -1)
+                epoch_lr = optimizer.param_groups[0]["lr"]  # the epoch's own; the scheduler's step sets the next
                 train_loss = self._train_one_epoch(model, optimizer, train_x, data_order, epoch, data.train_labels)
                 epoch_seconds = time.perf_counter() - tic
                 seconds += epoch_seconds
@@ -424,7 +438,7 @@ class Trainer:
                 record = {
                     "epoch": epoch,
                     "train_loss": train_loss,
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": epoch_lr,
                     "epoch_seconds": epoch_seconds,
                     "examples_per_second": len(train_x) / epoch_seconds,
                     **model.epoch_metrics(),
@@ -553,7 +567,8 @@ class Trainer:
             self.run.discard()
         if self.run.last.exists():
             raise FileExistsError(
-                f"{self.run.path} already holds a run; resume it with --resume or choose another --out"
+                f"{self.run.path} already holds a run; resume it with --resume (Trainer.resume), replace it "
+                f"with --overwrite (Trainer(..., overwrite=True)), or choose another --out"
             )
         self.run.path.mkdir(parents=True, exist_ok=True)
         self.run.config.write_text(dump_toml(self.config.to_dict()))

@@ -739,7 +739,9 @@ def test_ctrl_c_during_training_says_how_to_continue(run_copy, tmp_path, monkeyp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(genzoo.training.Trainer, "fit", interrupted_fit)
+    (run_copy / "loss_curve.png").unlink()
     assert main(["train", "made", "--resume", "--epochs", "4", "--out", str(run_copy)]) == 130
+    assert (run_copy / "loss_curve.png").is_file()  # the epochs trained so far, plotted
     line = _interrupted_line(capsys)
     assert line.startswith("genzoo: training interrupted")
     assert f"continue with: genzoo train made --resume --out {run_copy}" in line

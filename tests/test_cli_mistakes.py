@@ -358,3 +358,8 @@ def test_sample_grids_are_scaled_by_the_models_support_not_by_the_values(made_ru
     for source in (run, made_run):
         assert main(["sample", str(source), "-n", "4", "--out", str(tmp_path / "s.png"), "--quiet"]) == 0
     assert ranges == ["8-bit", "unit"]
+
+
+def test_temperature_is_for_flows_only(made_run, tmp_path, capsys):
+    assert main(["sample", str(made_run), "-n", "4", "--temperature", "0.5", "--out", str(tmp_path / "s.png")]) == 2
+    assert "--temperature is for flows (nice, realnvp, glow); 'made' has none" in _error(capsys)

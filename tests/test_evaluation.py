@@ -54,7 +54,8 @@ def test_describe_mentions_an_exact_likelihood():
 
 def test_describe_marks_a_bound():
     result = Evaluation("test", 90.0, 0.16, "lower_bound", 10, 1.0)
-    assert "NLL ≤ 90.00" in result.describe()
+    assert "NLL ≤ 90.00 nats (≤ 0.1600 bits/dim" in result.describe()
+    assert "NLL = 90.00 nats (0.1600 bits/dim" in Evaluation("test", 90.0, 0.16, "exact", 10, 1.0).describe()
 
 
 def test_describe_of_one_example_has_no_standard_error():

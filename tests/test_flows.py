@@ -474,6 +474,15 @@ def test_cli_trains_evaluates_and_samples_a_flow_on_digits(name, params, tmp_pat
     assert main(["sample", str(run), "-n", "9", "--out", str(png)]) == 0
     samples = np.load(png.with_suffix(".npy"))
     assert samples.shape == (9, 1, 8, 8) and samples.dtype == np.uint8 and set(np.unique(samples)) <= {0, 1}
+    # --temperature: the model's sample(temperature=) with the same seed; a bad one is one line
+    cold = tmp_path / "cold.png"
+    assert main(["sample", str(run), "-n", "9", "--temperature", "0.3", "--out", str(cold), "--quiet"]) == 0
+    model = genzoo.load_model(run)
+    expected = model.sample(9, generator=torch.Generator().manual_seed(0), temperature=0.3)
+    assert np.array_equal(np.load(cold.with_suffix(".npy")), expected.numpy().astype(np.uint8))
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "9", "--temperature", "0", "--out", str(cold)]) == 2
+    assert "temperature must be a positive finite number" in capsys.readouterr().err
 
     assert main(["train", name, "--data", "digits", "--epochs", "3", "--out", str(run), "--resume", "--quiet"]) == 0
     assert [r["epoch"] for r in RunFolder(run).read_metrics()] == [1, 2, 3]

@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run folder of the draft model for --sampler speculative (same data shape and order)")
     sample.add_argument("--gamma", type=int, help=f"dimensions the draft proposes per round (default: {SPECULATIVE_GAMMA})")
     sample.add_argument("--label", type=int, metavar="Y", help="class-conditional models (num_classes > 0): draw samples of class Y")
+    sample.add_argument("--temperature", type=float, metavar="T",
+                        help="flows: draw the base distribution at temperature T, 0 < T (default: the run's "
+                             "temperature hyperparameter, 1 unless set)")
     sample.add_argument("--batch-size", type=int, default=500,
                         help="samples drawn at a time, to bound memory (default: 500); --seed and the batch size "
                              "fix the samples")
@@ -358,6 +361,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
         result = trainer.fit()
     except KeyboardInterrupt:
         run = trainer.run
+        if run.metrics.exists():
+            trainer.write_loss_curve()
         if run.last.exists():
             next_step = (f"{run.last} holds the last saved epoch; continue with: "
                          f"genzoo train {trainer.config.model_name} --resume --out {run.path}{_budget_option(trainer)}")
@@ -467,7 +472,13 @@ def _cmd_sample(args: argparse.Namespace) -> None:
             raise ValueError(f"--gamma must be at least 1, got {args.gamma}")
         _, _, draft = load_run(args.draft, args.checkpoint, device)
         check_speculative_pair(model, draft)
-    labelled = {} if args.label is None else {"y": args.label}
+    options: dict[str, object] = {} if args.label is None else {"y": args.label}
+    if args.temperature is not None:
+        if "temperature" not in {f.name for f in dataclasses.fields(model_config_class(model.name))}:
+            raise ValueError(f"--temperature is for flows (nice, realnvp, glow); {model.name!r} has none")
+        if args.sampler != "fast":
+            raise ValueError(f"--temperature is used with the flow's own sampler, not --sampler {args.sampler}")
+        options["temperature"] = args.temperature
     if args.label is not None and getattr(model, "num_classes", 0) == 0:
         raise ValueError(f"--label needs a class-conditional model (num_classes > 0); the run in {args.run_dir} is not one")
     if args.label is not None and draft is not None:
@@ -483,7 +494,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
             x = torch.cat([samples for samples, _ in batches])
             stats = sum((batch_stats for _, batch_stats in batches), SpeculativeStats())
         else:
-            draw = _sampler(model, args.sampler, generator, labelled)
+            draw = _sampler(model, args.sampler, generator, options)
             x = torch.cat([draw(n) for n in bar])
     seconds = time.perf_counter() - tic
     png = args.out or run.path / "samples.png"
@@ -527,13 +538,14 @@ def _available_memory_bytes() -> int | None:
         return None
 
 
-def _sampler(model, sampler: str, generator: torch.Generator, labelled: dict):
-    """n -> n samples of the run's model, by its own sampler or by the naive one (D passes)."""
+def _sampler(model, sampler: str, generator: torch.Generator, options: dict):
+    """n -> n samples of the run's model, by its own sampler or by the naive one (D passes);
+    ``options`` are the sampler's keywords (a class label, a flow's temperature)."""
     if sampler == "naive":
         if not hasattr(model, "sample_naive"):
             raise ValueError(f"model {model.name!r} has no naive sampler")
-        return lambda n: model.unflatten(model.sample_naive(model.draw_uniforms(n, generator), **labelled))
-    return lambda n: model.sample(n, generator=generator, **labelled)
+        return lambda n: model.unflatten(model.sample_naive(model.draw_uniforms(n, generator), **options))
+    return lambda n: model.sample(n, generator=generator, **options)
 
 
 def _load_latent_run(run_dir: Path, which: str, device: torch.device):

@@ -37,7 +37,8 @@ class Evaluation:
         spread = f"± {self.standard_error_nats:.2f} s.e., " if math.isfinite(self.standard_error_nats) else ""
         examples = f"{self.num_examples} example{'' if self.num_examples == 1 else 's'}"
         return (
-            f"{self.split} NLL {relation} {self.nll_nats:.2f} nats ({self.bits_per_dim:.4f} bits/dim, "
+            f"{self.split} NLL {relation} {self.nll_nats:.2f} nats ({'≤ ' if relation == '≤' else ''}"
+            f"{self.bits_per_dim:.4f} bits/dim, "
             f"{spread}likelihood: {self.likelihood}"
             f"{' (' + self.likelihood_detail + ')' if self.likelihood_detail else ''}, {examples})"
         )

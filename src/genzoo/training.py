@@ -501,12 +501,18 @@ class Trainer:
             if fitted_from is not None and stopped_because == "completed all epochs":
                 stopped_because = (f"completed all epochs, fitted to max_seconds = {train_cfg.max_seconds:g}: "
                                    f"{train_cfg.epochs} of the {fitted_from} planned")
-        records = self.run.read_metrics()
-        if records:
-            save_loss_curve(records, self.run.loss_curve, title=f"{cfg.model_name} on {cfg.data.name}")
+        self.write_loss_curve()
         # ready to score, as load_model returns it: no dropout, a flow's fixed dequantization noise
         best = model_from_checkpoint(load_checkpoint(self.run.best), self.run.best).to(self.device).eval()
         return TrainResult(best, epoch, best_epoch, best_nll, seconds, stopped_because, data, epoch_plans, fitted_from)
+
+    def write_loss_curve(self) -> None:
+        """loss_curve.png from the epochs in metrics.jsonl (none yet: nothing to plot); also after
+        an interrupted run, whose folder would otherwise have none until it is resumed."""
+        records = self.run.read_metrics()
+        if records:
+            save_loss_curve(records, self.run.loss_curve,
+                            title=f"{self.config.model_name} on {self.config.data.name}")
 
     def _train_one_epoch(self, model: GenerativeModel, optimizer: torch.optim.Optimizer, train_x: torch.Tensor,
                          data_order: torch.Generator, epoch: int, train_y: torch.Tensor | None = None) -> float:

@@ -2,6 +2,7 @@
 fallback when no kernel can be built."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -306,7 +307,11 @@ def test_a_damaged_cached_library_is_rebuilt_with_the_best_flags(monkeypatch, tm
     if damage == "no digest":
         kernels._digest_path(library).unlink()
     else:
-        library.write_bytes(b"" if damage == "empty" else b"not an ELF file" * 64)
+        # a new file renamed over it: writing into the library in place would truncate pages this
+        # process has mapped (SIGBUS later, at exit)
+        damaged = library.with_name("damaged.tmp")
+        damaged.write_bytes(b"" if damage == "empty" else b"not an ELF file" * 64)
+        os.replace(damaged, library)
     assert kernels.load.__wrapped__("nade")._name == best
     assert kernels._intact(library) and len(list(tmp_path.iterdir())) == 2
 

@@ -219,3 +219,28 @@ def test_save_writes_beside_the_target_then_renames(tmp_path, monkeypatch):
     assert seen["target_during_write"] == old_bytes
     assert load_checkpoint(path)["epoch"] == 9
     assert _leftovers(tmp_path) == []
+
+
+def test_a_full_disk_inside_torchs_zip_writer_is_an_os_error_naming_the_checkpoint(tmp_path, monkeypatch):
+    """torch's writer turns the OSError into "RuntimeError: ... unexpected pos 3008 vs 2902", which
+    reached the user as a traceback with exit code 1."""
+    import errno
+
+    path = tmp_path / "last.pt"
+    old_payload, _ = _payload(0)
+    save_checkpoint(old_payload, path)
+    before = path.read_bytes()
+
+    def full_disk_save(obj, f, *args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3008 vs 2902")
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    new_payload, _ = _payload(1)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(new_payload, path)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and _leftovers(tmp_path) == []

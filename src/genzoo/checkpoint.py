@@ -10,9 +10,7 @@ them, so a flipped bit on disk would otherwise load as a silently different mode
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 
 from genzoo.config import ConfigError, run_config_from_dict
+from genzoo.files import atomic_write, naming_the_file
 from genzoo.models import GenerativeModel, build_model
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_weights", "check_resumable", "model_from_checkpoint", "FORMAT"]
@@ -39,18 +38,16 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     if isinstance(payload.get("model"), dict):
         payload["model_sha256"] = weights_sha256(payload["model"])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        # Ctrl-C inside torch's zip writer surfaces as the writer's own RuntimeError: it is the Ctrl-C
-        if not isinstance(error, KeyboardInterrupt) and isinstance(error.__context__, KeyboardInterrupt):
+        atomic_write(path, lambda f: torch.save(payload, f))
+    except RuntimeError as error:
+        # torch's zip writer answers a Ctrl-C or a write error (a full disk) inside it with its own
+        # RuntimeError ("unexpected pos ..."): report what happened, as one line naming the file
+        cause = error.__context__
+        if isinstance(cause, KeyboardInterrupt):
             raise KeyboardInterrupt from None
+        if isinstance(cause, OSError):
+            raise naming_the_file(cause, path) from None
         raise
 
 

@@ -33,6 +33,7 @@ from genzoo.data.files import read_numpy_arrays
 from genzoo.data.registry import is_user_file
 from genzoo.devices import resolve_device
 from genzoo.evaluation import evaluate_with_scores
+from genzoo.files import atomic_write, atomic_write_text
 from genzoo.images import image_format, save_image_grid
 from genzoo.models import list_models
 from genzoo.models.base import model_config_class, model_info
@@ -414,7 +415,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     }
     # strict JSON: a figure that does not exist (the standard error of one example) is null, not NaN
     record = {key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in record.items()}
-    out.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out, json.dumps(record, indent=2, allow_nan=False) + "\n")
     print(result.describe())
     print(f"written to {out}")
     if args.scores is not None:
@@ -442,13 +443,13 @@ def _examples_from_file(model, path: Path) -> torch.Tensor:
 def _write_scores(path: Path, log_p: torch.Tensor, model) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":
-        np.save(path, log_p.numpy())
+        atomic_write(path, lambda f: np.save(f, log_p.numpy()))
         return
     bound = model.likelihood == "lower_bound"
     nll_bits = -log_p / (model.num_dims * math.log(2))
     header = "log_p_lower_bound_nats,nll_upper_bound_bits_per_dim" if bound else "log_p_nats,nll_bits_per_dim"
     lines = [header] + [f"{a:.6f},{b:.6f}" for a, b in zip(log_p.tolist(), nll_bits.tolist())]
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
@@ -601,7 +602,7 @@ def _write_images(x: torch.Tensor, png: Path, dtype: type, ncols: int | None = N
     model's ("binary" values and means lie in [0, 1], "grayscale" in [0, 255]); else guessed."""
     value_range = {"binary": "unit", "grayscale": "8-bit"}.get(support or "")
     save_image_grid(x, png, ncols=ncols, value_range=value_range)
-    np.save(png.with_suffix(".npy"), x.cpu().numpy().astype(dtype))
+    atomic_write(png.with_suffix(".npy"), lambda f: np.save(f, x.cpu().numpy().astype(dtype)))
 
 
 def _cmd_encode(args: argparse.Namespace) -> None:
@@ -619,7 +620,7 @@ def _cmd_encode(args: argparse.Namespace) -> None:
     with torch.no_grad():
         z = torch.cat([model.encode(batch.to(device)).cpu() for batch in x.split(args.batch_size)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.out, z.numpy())
+    atomic_write(args.out, lambda f: np.save(f, z.numpy()))
     print(f"encoded {len(x)} examples to latents of shape {tuple(z.shape[1:])} ({z.dtype}); written to {args.out}")
 
 

@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from genzoo.files import atomic_write
+
 __all__ = ["save_image_grid", "save_loss_curve", "as_images"]
 
 
@@ -59,10 +61,8 @@ def save_image_grid(x: torch.Tensor | np.ndarray, path: str | Path, ncols: int |
         r, c = divmod(i, ncols)
         top, left = padding + r * (h + padding), padding + c * (w + padding)
         grid[top : top + h, left : left + w] = image
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)
-    return path
+    picture = Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST)
+    return atomic_write(path, lambda f: picture.save(f, format=image_format(path)))
 
 
 def save_loss_curve(records: Sequence[dict], path: str | Path, title: str = "") -> Path:
@@ -82,6 +82,7 @@ def save_loss_curve(records: Sequence[dict], path: str | Path, title: str = "") 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

@@ -31,6 +31,7 @@ from genzoo.data import TrainingData, make_training_data
 from genzoo.data.download import DataError
 from genzoo.devices import resolve_device, seed_everything, tune_cpu_process
 from genzoo.evaluation import evaluate
+from genzoo.files import atomic_write_text
 from genzoo.images import save_loss_curve
 from genzoo.models import GenerativeModel, build_model
 from genzoo.models.base import model_config_class
@@ -324,7 +325,7 @@ class Trainer:
                                  f"epochs must be at least {done}, got {checked.train.epochs}")
             if checked.train.epochs != config.train.epochs:
                 config.train.epochs = checked.train.epochs
-                run.config.write_text(dump_toml(config.to_dict()))  # a later resume keeps the new total
+                atomic_write_text(run.config, dump_toml(config.to_dict()))  # a later resume keeps the new total
             config.train.max_seconds = checked.train.max_seconds
         trainer = cls(config, run_dir, device, data_dir, progress)
         trainer._resume_payload = payload
@@ -432,7 +433,7 @@ class Trainer:
                         epoch_plans.append((epoch, train_cfg.epochs))
                     else:  # one fitted plan a session, however often it shortens
                         epoch_plans[-1] = (epoch_plans[-1][0], train_cfg.epochs)
-                    self.run.config.write_text(dump_toml(cfg.to_dict()))  # a resume keeps the fitted plan
+                    atomic_write_text(self.run.config, dump_toml(cfg.to_dict()))  # a resume keeps the fitted plan
                 scheduler.step()
                 out_of_time = bool(train_cfg.max_seconds) and seconds >= train_cfg.max_seconds
                 record = {
@@ -577,13 +578,13 @@ class Trainer:
                 f"with --overwrite (Trainer(..., overwrite=True)), or choose another --out"
             )
         self.run.path.mkdir(parents=True, exist_ok=True)
-        self.run.config.write_text(dump_toml(self.config.to_dict()))
+        atomic_write_text(self.run.config, dump_toml(self.config.to_dict()))
         self.run.metrics.unlink(missing_ok=True)
 
     def _drop_metrics_after(self, epoch: int) -> None:
         """Forget records of epochs the last checkpoint does not hold (a crash between the two writes)."""
         kept = [r for r in self.run.read_metrics() if r["epoch"] <= epoch]
-        self.run.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.run.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _progress_disabled(self) -> bool | None:
         return None if self.progress is None else not self.progress

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-__all__ = ["DataError", "data_dir", "find_or_download", "sha256_of", "shared_file_mode"]
+from genzoo.files import shared_file_mode
+
+__all__ = ["DataError", "data_dir", "find_or_download", "sha256_of"]
 
 
 class DataError(ValueError):
@@ -36,14 +38,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def shared_file_mode() -> int:
-    """The mode a new file gets under this process's umask (0o644 under 022). A temporary file is
-    created 0o600, and a rename keeps that: other users of a shared data folder could not read it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _content_length(response) -> int | None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from genzoo.data.download import DataError, data_dir, find_or_download, shared_file_mode
+from genzoo.data.download import DataError, data_dir, find_or_download
+from genzoo.files import shared_file_mode
 from genzoo.data.files import read_numpy_arrays
 
 __all__ = ["load_binarized_mnist", "load_mnist", "load_mnist5k", "load_digits",

@@ -651,9 +651,35 @@ def test_run_folder_discard(tmp_path):
     (run_dir / "my_grid.png").write_text("a name the user chose")
     (run_dir / "checkpoints" / "last.ptq1w2e3.tmp").write_text("half a write")
     RunFolder(run_dir).discard()
-    left = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
-    assert left == ["config.toml", "my_grid.png", "notes.txt"]
+    left = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock")
+    assert left == ["my_grid.png", "notes.txt"]
     _fit(tiny_run_config("fvsbn", epochs=1), run_dir)  # no FileExistsError after a discard
+
+
+def test_overwrite_never_deletes_the_runs_own_data_file(tmp_path):
+    """A data file named like a run's output (samples.npy) in the run folder used to be deleted by
+    --overwrite, so the run could then never be evaluated or resumed."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    data = run_dir / "samples.npy"
+    np.save(data, genzoo.load_dataset("digits", "train")[:200].numpy())
+    config = tiny_run_config("fvsbn", epochs=1, data=str(data))
+    _fit(config, run_dir)
+    _fit(config, run_dir, overwrite=True)
+    assert data.is_file()
+
+
+def test_a_new_run_refuses_a_folder_with_files_it_would_replace(tmp_path):
+    """A folder without last.pt (a run stopped before its first checkpoint, or the user's own
+    config.toml) was taken as free: its config.toml replaced, its metrics deleted, its best.pt kept
+    beside the new run's config."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text("[tool]\nimportant = 1\n")
+    with pytest.raises(FileExistsError, match="holds config.toml of an earlier run .* --overwrite"):
+        _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
+    assert (run_dir / "config.toml").read_text() == "[tool]\nimportant = 1\n"
+    _fit(tiny_run_config("fvsbn", epochs=1), run_dir, overwrite=True)
 
 
 def test_resume_removes_half_written_checkpoints(tmp_path):
@@ -878,3 +904,51 @@ def test_fitted_epochs_stays_between_the_epochs_done_and_the_plan():
 def test_fitting_needs_a_time_budget():
     with pytest.raises(ConfigError, match="fit_epochs_to_max_seconds needs a time budget"):
         TrainConfig(fit_epochs_to_max_seconds=True)
+
+
+def test_a_run_folder_in_use_is_refused_and_a_failed_new_run_leaves_no_folder(tmp_path, capsys):
+    """Two trainers on one folder used to interleave their metrics and overwrite each other's
+    checkpoints, both exiting 0."""
+    from genzoo.cli import main
+    from genzoo.training import RunInUseError, run_folder_lock
+
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
+    with run_folder_lock(run_dir):  # another process's training, as far as the lock goes
+        with pytest.raises(RunInUseError, match="in use by another genzoo train"):
+            Trainer.resume(run_dir, epochs=2, progress=False).fit()
+        assert main(["train", "fvsbn", "--out", str(run_dir), "--resume", "--epochs", "2"]) == 2
+        assert "in use by another genzoo train" in capsys.readouterr().err
+    assert Trainer.resume(run_dir, epochs=2, progress=False).fit().epochs_completed == 2
+    missing = tmp_path / "never"
+    with pytest.raises(DataError):
+        _fit(tiny_run_config("fvsbn", epochs=1, data=str(tmp_path / "no-such-file.npy")), missing)
+    assert not missing.exists()
+
+
+def test_a_metrics_line_cut_short_is_dropped_and_a_corrupt_one_is_named(tmp_path):
+    """A full disk during the metrics append left a line without its newline, after which every
+    resume failed with "Expecting ',' delimiter" naming no file."""
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=2), run_dir)
+    run = RunFolder(run_dir)
+    with open(run.metrics, "a") as f:
+        f.write('{"epoch": 3, "train_loss": 1')
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
+    Trainer.resume(run_dir, epochs=3, progress=False).fit()
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3]
+    lines = run.metrics.read_text().splitlines()
+    run.metrics.write_text("\n".join([lines[0], '{"epoch": 2, "train', lines[2]]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl line 2 is not a JSON record"):
+        run.read_metrics()
+
+
+def test_a_resume_refuses_a_config_toml_that_differs_from_the_checkpoints(tmp_path):
+    """A config.toml cut short (read with defaults) or edited by hand used to change the resumed run
+    silently: here its batch size and learning rate."""
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1, lr=0.01, batch_size=50), run_dir)
+    config = RunFolder(run_dir).config
+    config.write_text(config.read_text().split("[train]")[0])  # the [train] table lost
+    with pytest.raises(CheckpointError, match=r"says train\.batch_size = 100, but .*last\.pt was trained with 50"):
+        Trainer.resume(run_dir, epochs=2, progress=False)

@@ -16,9 +16,10 @@ import dataclasses
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from genzoo.checkpoint import (CheckpointError, check_resumable, load_checkpoint
 from genzoo.config import RunConfig, TrainConfig, dump_toml, load_run_config, run_config_from_dict
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.download import DataError
+from genzoo.data.registry import is_user_file
 from genzoo.devices import resolve_device, seed_everything, tune_cpu_process
 from genzoo.evaluation import evaluate
 from genzoo.files import atomic_write_text
@@ -71,14 +73,23 @@ class RunFolder:
             raise ValueError(f"unknown checkpoint {which!r}; use best or last")
         return self.best if which == "best" else self.last
 
-    def discard(self) -> None:
-        """Remove what a previous run left here (checkpoints, metrics, pictures, evaluations, and
-        the samples ``genzoo sample`` writes by default, which would show the old model)."""
+    def discard(self, keep: Path | None = None) -> None:
+        """Remove what a previous run left here (its config, checkpoints, metrics, pictures,
+        evaluations, and the samples ``genzoo sample`` writes by default, which would show the old model), only
+        genzoo's own file names, and never ``keep`` (the new run's data file, if it lies here)."""
         default_samples = (self.path / "samples.png", self.path / "samples.npy")
-        for path in (self.last, self.best, self.metrics, self.loss_curve, *default_samples,
+        kept = keep.resolve() if keep is not None else None
+        for path in (self.config, self.last, self.best, self.metrics, self.loss_curve, *default_samples,
                      *self.path.glob("eval_*.json")):
-            path.unlink(missing_ok=True)
+            if kept is None or not path.exists() or path.resolve() != kept:
+                path.unlink(missing_ok=True)
         self.remove_partial_writes()
+
+    def leftovers(self) -> list[str]:
+        """The files of an earlier run (or a user's with the same names) that a new run here
+        would replace or leave stale beside its own."""
+        names = [self.config, self.metrics, self.best, self.loss_curve, *sorted(self.path.glob("eval_*.json"))]
+        return [str(path.relative_to(self.path)) for path in names if path.exists()]
 
     def remove_partial_writes(self) -> None:
         """Delete checkpoint temp files that a killed process left half written (a finished write
@@ -89,9 +100,28 @@ class RunFolder:
                 path.unlink(missing_ok=True)
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's records. A last line without its newline is a write cut short (a full
+        disk, a kill) and is dropped, as its epoch's checkpoint was never written after it; any
+        other line that is not a record is an error naming it."""
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        text = self.metrics.read_text()
+        lines = text.split("\n")
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                if number == len(lines) and not text.endswith("\n"):
+                    break
+                raise ValueError(f"{self.metrics} line {number} is not a JSON record ({error.msg}): the file is "
+                                 "corrupt; delete that line (and the ones after it) to resume the run") from None
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                raise ValueError(f"{self.metrics} line {number} is not an epoch record: the file is corrupt")
+            records.append(record)
+        return records
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best",
@@ -215,6 +245,62 @@ def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, state:
         scheduler._last_lr = lrs
 
 
+def check_config_matches_checkpoint(config: RunConfig, payload: dict[str, Any], run: RunFolder) -> None:
+    """Refuse a resume whose config.toml says something else than the config last.pt was trained
+    with (a file cut short by a full disk reads as defaults; a hand edit would change the run
+    silently). Only the epoch total and the time budget may differ: a resume changes those."""
+    saved = payload.get("config")
+    if not isinstance(saved, dict):
+        return  # check_resumable names what the checkpoint lacks
+    try:
+        trained = run_config_from_dict(saved, where="checkpoint").to_dict()
+    except ValueError:
+        return
+    current = config.to_dict()
+    for table in sorted(set(trained) | set(current)):
+        ours, theirs = current.get(table, {}), trained.get(table, {})
+        for key in sorted(set(ours) | set(theirs)):
+            if (table, key) in (("train", "epochs"), ("train", "max_seconds")) or ours.get(key) == theirs.get(key):
+                continue
+            raise CheckpointError(
+                f"{run.config} says {table}.{key} = {ours.get(key)!r}, but {run.last} was trained with "
+                f"{theirs.get(key)!r}: restore config.toml (a resume continues the run as it was trained), "
+                "or start a new run with another --out")
+
+
+class RunInUseError(ValueError):
+    """Another process trains in this run folder."""
+
+
+@contextmanager
+def run_folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` exclusively while a run trains there: a second ``genzoo train`` or
+    ``--resume`` on the same folder is refused, instead of two runs interleaving their metrics and
+    overwriting each other's checkpoints. The lock goes with the process (even when it is killed).
+    Where ``fcntl`` is missing (Windows), runs are not locked."""
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / ".lock"
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        with open(lock_path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunInUseError(f"{folder} is in use by another genzoo train (or --resume); wait for it to "
+                                    "finish, or choose another --out") from None
+            yield
+    finally:
+        # a run that failed before writing anything leaves no folder behind it
+        if created and [p.name for p in folder.iterdir()] in ([], [".lock"]):
+            lock_path.unlink(missing_ok=True)
+            folder.rmdir()
+
+
 def plan_before_fitting(epoch_plans: Any) -> int | None:
     """The epoch total a run planned before its last plan shortened it (fit_epochs_to_max_seconds
     does), from a checkpoint's [(start epoch, total), ...]; None if the last plan is not shorter."""
@@ -310,6 +396,7 @@ class Trainer:
         config = load_run_config(run.config) if run.config.exists() else None
         if config is None:
             raise CheckpointError(f"{run.config} is missing: cannot resume {run_dir}")
+        check_config_matches_checkpoint(config, payload, run)
         if epochs is None and max_seconds is not None and config.train.fit_epochs_to_max_seconds:
             # config.toml holds the plan fitted to the old budget (1 of 50 epochs, say): a larger
             # budget is fitted from the plan before it, or the resume would train nothing
@@ -354,6 +441,11 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        """Train (or continue) the run, holding its folder's lock throughout."""
+        with run_folder_lock(self.run.path):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg = self.config
         train_cfg = cfg.train
         seed_everything(train_cfg.seed)
@@ -570,12 +662,19 @@ class Trainer:
         load_weights(model, state, f"init_from: checkpoint {path} does not match this run's model")
 
     def _start_run_folder(self) -> None:
+        data_file = Path(self.config.data.name) if is_user_file(self.config.data.name) else None
         if self.overwrite:
-            self.run.discard()
+            self.run.discard(keep=data_file)
         if self.run.last.exists():
             raise FileExistsError(
                 f"{self.run.path} already holds a run; resume it with --resume (Trainer.resume), replace it "
                 f"with --overwrite (Trainer(..., overwrite=True)), or choose another --out"
+            )
+        leftovers = [] if self.overwrite else self.run.leftovers()
+        if leftovers:  # a run stopped before its first checkpoint, or files of the user's own
+            raise FileExistsError(
+                f"{self.run.path} holds {', '.join(leftovers)} of an earlier run (or of yours) that this one would "
+                f"replace; start it anew with --overwrite (Trainer(..., overwrite=True)), or choose another --out"
             )
         self.run.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run.config, dump_toml(self.config.to_dict()))

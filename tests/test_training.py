@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -202,8 +203,32 @@ def _last_checkpoint_epochs(monkeypatch):
 @pytest.mark.parametrize("epochs, every, expected", [(5, 2, [2, 4, 5]), (6, 3, [3, 6]), (3, 1, [1, 2, 3]), (2, 5, [2])])
 def test_checkpoint_every_writes_last_on_its_schedule_and_at_the_end(tmp_path, monkeypatch, epochs, every, expected):
     written = _last_checkpoint_epochs(monkeypatch)
+    _scripted_validation(monkeypatch, [5.0] + [6.0] * 9)  # one best, at epoch 1
     _fit(tiny_run_config("fvsbn", epochs=epochs, checkpoint_every=every), tmp_path / "run")
-    assert written == expected
+    assert written == sorted({1} | set(expected))  # and with each new best
+
+
+def _scripted_validation(monkeypatch, nlls: list[float]) -> None:
+    """Validation NLLs in the order given, one per validation."""
+    real_evaluate = genzoo.training.evaluate
+    remaining = list(nlls)
+
+    def scripted(*args, **kwargs):
+        result = real_evaluate(*args, **kwargs)
+        return dataclasses.replace(result, nll_nats=remaining.pop(0))
+
+    monkeypatch.setattr(genzoo.training, "evaluate", scripted)
+
+
+def test_a_new_best_also_writes_last_so_a_resume_never_redoes_the_best_epoch(tmp_path, monkeypatch):
+    """With checkpoint_every = 3, best.pt of epoch 4 outlived a crash at epoch 5 whose last.pt was
+    of epoch 3: a resume on a stretched plan redid epoch 4 differently, and best.pt stayed a model
+    of a discarded epoch."""
+    written = _last_checkpoint_epochs(monkeypatch)
+    _scripted_validation(monkeypatch, [10.0, 11.0, 12.0, 9.0, 13.0, 14.0])
+    result = _fit(tiny_run_config("fvsbn", epochs=6, checkpoint_every=3), tmp_path / "run")
+    assert written == [1, 3, 4, 6] and result.best_epoch == 4
+    assert load_checkpoint(RunFolder(tmp_path / "run").best)["epoch"] <= load_checkpoint(RunFolder(tmp_path / "run").last)["epoch"]
 
 
 def test_checkpoint_every_writes_last_when_a_run_stops_early(tmp_path, monkeypatch):
@@ -219,8 +244,12 @@ def test_resume_after_a_crash_between_checkpoints_is_exact(tmp_path, monkeypatch
     config = dict(model_hp={"hidden_sizes": [16], "num_masks": 3}, batch_size=110, lr=1e-2, lr_schedule="cosine",
                   checkpoint_every=2, seed=5)
     run_a, run_b = tmp_path / "a", tmp_path / "b"
+    # epoch 3 is no new best (a new best would write last.pt too)
+    _scripted_validation(monkeypatch, [5.0, 4.0, 6.0, 7.0, 8.0])
     _fit(tiny_run_config("made", epochs=5, **config), run_a)
+    monkeypatch.undo()
 
+    _scripted_validation(monkeypatch, [5.0, 4.0, 6.0])
     _crash_at_validation(monkeypatch, 4)
     with pytest.raises(_Crash):
         _fit(tiny_run_config("made", epochs=5, **config), run_b)
@@ -228,6 +257,7 @@ def test_resume_after_a_crash_between_checkpoints_is_exact(tmp_path, monkeypatch
     assert load_checkpoint(RunFolder(run_b).last)["epoch"] == 2
     assert [r["epoch"] for r in RunFolder(run_b).read_metrics()] == [1, 2, 3]
 
+    _scripted_validation(monkeypatch, [6.0, 7.0, 8.0])
     Trainer.resume(run_b, progress=False).fit()
     a, b = load_checkpoint(RunFolder(run_a).last), load_checkpoint(RunFolder(run_b).last)
     assert a["epoch"] == b["epoch"] == 5
@@ -952,3 +982,33 @@ def test_a_resume_refuses_a_config_toml_that_differs_from_the_checkpoints(tmp_pa
     config.write_text(config.read_text().split("[train]")[0])  # the [train] table lost
     with pytest.raises(CheckpointError, match=r"says train\.batch_size = 100, but .*last\.pt was trained with 50"):
         Trainer.resume(run_dir, epochs=2, progress=False)
+
+
+def test_a_nan_validation_stops_the_run_before_anything_of_its_epoch_is_written(tmp_path, monkeypatch):
+    """A NaN validation NLL used to be accepted: a NaN token in metrics.jsonl, last.pt overwritten
+    with a model that scores NaN, and an error about a missing best.pt at the end."""
+    _scripted_validation(monkeypatch, [5.0, math.nan])
+    run_dir = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"validation NLL became nan at epoch 2 .*lower the learning rate"):
+        _fit(tiny_run_config("fvsbn", epochs=3), run_dir)
+    run = RunFolder(run_dir)
+    assert [r["epoch"] for r in run.read_metrics()] == [1]
+    assert load_checkpoint(run.last)["epoch"] == 1 and load_checkpoint(run.best)["epoch"] == 1
+
+
+def test_patience_counts_from_the_last_validation_across_a_resume(tmp_path, monkeypatch):
+    """eval_every = 2 and a time budget that ends at epoch 5 (validated off the schedule): the
+    resumed run counted epoch 5 twice and stopped at epoch 6, two epochs after its best, with
+    patience 3."""
+    _one_second_epochs(monkeypatch)
+    nlls = [9.0, 8.0, 8.5, 8.6, 8.7, 8.8]  # validations at epochs 2, 4, 5 (budget), then 6, 8, ...
+    config = dict(epochs=12, eval_every=2, patience=3)
+    _scripted_validation(monkeypatch, nlls[:3])
+    _fit(tiny_run_config("fvsbn", max_seconds=5, **config), tmp_path / "run")
+    monkeypatch.undo()
+    _one_second_epochs(monkeypatch)
+    _scripted_validation(monkeypatch, nlls[3:])
+    result = Trainer.resume(tmp_path / "run", progress=False, max_seconds=1000).fit()
+    # best at epoch 4; the epochs without a better one are counted once each: 5, then 6 (2 in
+    # all), then 7 and 8 (4): the run stops at 8, as an uninterrupted one validating at 5 would
+    assert result.best_epoch == 4 and result.epochs_completed == 8

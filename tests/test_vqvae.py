@@ -292,6 +292,15 @@ def test_an_l1_penalty_does_not_move_the_frozen_autoencoder_in_stage_two(tmp_pat
     assert any(not torch.equal(final[k], stage_one[k]) for k in final if k.startswith("prior.")), "the prior did not train"
 
 
+def test_a_run_that_ends_before_the_prior_stage_says_so(tmp_path):
+    """A 2-epoch plan with the switch after epoch 2 used to report "completed all epochs", its
+    best.pt a stage-one model with an untrained prior."""
+    result = Trainer(run_config(2), tmp_path / "run", progress=False).fit()
+    assert result.stopped_because.startswith("completed all epochs")
+    assert "ended before its last training stage, which starts at epoch 3" in result.stopped_because
+    assert "ended before" not in Trainer(run_config(3), tmp_path / "whole", progress=False).fit().stopped_because
+
+
 def test_patience_does_not_end_stage_one_and_restarts_at_the_switch(tmp_path, monkeypatch):
     calls = []
 

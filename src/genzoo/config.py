@@ -180,7 +180,8 @@ class TrainConfig:
     #: validate (and keep the best checkpoint) every this many epochs, and always at the end;
     #: for models whose validation costs more than an epoch, e.g. a 32-mask MADE ensemble
     eval_every: int = 1
-    #: write checkpoints/last.pt every this many epochs, and always when the run stops; for
+    #: write checkpoints/last.pt every this many epochs, with each new best (so that best.pt is
+    #: never of an epoch a resume redoes) and always when the run stops; for
     #: models whose checkpoint costs much next to an epoch (a 77 M-parameter MADE with its Adam
     #: state is 0.9 GB); a resume redoes the epochs trained since the last one
     checkpoint_every: int = 1

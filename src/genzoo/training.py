@@ -40,6 +40,9 @@ from genzoo.models.base import model_config_class
 
 __all__ = ["Trainer", "TrainResult", "RunFolder", "load_run", "load_model", "weight_l1_norm"]
 
+#: what a non-finite loss or validation NLL calls for
+DIVERGENCE_ADVICE = ("lower the learning rate, or check the config's loss weights and ranges (e.g. an extreme "
+                     "l1_penalty, weight_decay or commitment) and the data")
 #: training steps between two reads of the running loss (for the progress bar and the NaN check)
 LOSS_READ_EVERY = 25
 
@@ -456,11 +459,13 @@ class Trainer:
         # ValueError naming the row); a dynamic draw is binary by construction
         if not data.dynamic:
             model.flatten_input(data.train_source)
+        final_stage = model.first_epoch_of_final_stage
         optimizer = make_optimizer(model, self.config)
         scheduler = make_scheduler(optimizer, cfg)
         data_order = torch.Generator().manual_seed(train_cfg.seed + 1)
 
         start_epoch, best_nll, best_epoch, stale, seconds = 0, math.inf, 0, 0, 0.0
+        last_validated = 0  # the epoch of the last validation, from which patience counts
         stage: str | None = None  # the model's training_stage in the last epoch trained
         if self._resume_payload is not None:
             payload = self._resume_payload
@@ -483,6 +488,10 @@ class Trainer:
             start_epoch = payload["epoch"]
             best_nll, best_epoch = payload["best_valid_nll"], payload["best_epoch"]
             stale, seconds = payload["epochs_without_improvement"], payload["train_seconds"]
+            # checkpoints from before it was kept knew only the scheduled validations
+            saved_validation = payload.get("last_validated_epoch")
+            last_validated = (saved_validation if isinstance(saved_validation, int) and not isinstance(saved_validation, bool)
+                              else previous_validation_epoch(start_epoch + 1, train_cfg))
             stage = payload.get("training_stage")
             # checkpoints from before the plans were kept know only the total they were saved under
             epoch_plans = [tuple(plan) for plan in payload.get("epoch_plans", [(0, payload["config"]["train"]["epochs"])])]
@@ -517,6 +526,7 @@ class Trainer:
                 epoch_seconds = time.perf_counter() - tic
                 seconds += epoch_seconds
                 fitted = fitted_epochs(epoch, seconds, train_cfg) if fits_to_time else train_cfg.epochs
+                fitted = max(fitted, min(final_stage, train_cfg.epochs))  # the last stage is never fitted away
                 if fitted < train_cfg.epochs:
                     # before the scheduler's step, so that the next epoch's lr is already on the new plan
                     train_cfg.epochs = fitted
@@ -540,18 +550,23 @@ class Trainer:
                 if validation_due(epoch, train_cfg) or out_of_time:
                     result = evaluate(model, valid, "valid", train_cfg.eval_batch_size, validation=True,
                                       labels=data.valid_labels, progress=self.progress)
+                    if not math.isfinite(result.nll_nats):  # before anything of this epoch is written
+                        raise FloatingPointError(
+                            f"validation NLL became {result.nll_nats} at epoch {epoch} (training loss {train_loss:.4g}); "
+                            f"{DIVERGENCE_ADVICE}; {self.run.last} holds the last good epoch")
                     improved = result.nll_nats < best_nll
                     if improved:
                         best_nll, best_epoch, stale = result.nll_nats, epoch, 0
                     elif model.final_training_stage:  # patience never ends a run before its last stage
-                        stale += epoch - previous_validation_epoch(epoch, train_cfg)
+                        stale += epoch - last_validated
+                    last_validated = epoch
                     record.update({
                         "valid_nll": result.nll_nats,
                         "valid_bits_per_dim": result.bits_per_dim,
                         **({"valid_likelihood": result.likelihood_detail} if result.likelihood_detail else {}),
                     })
                 with open(self.run.metrics, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(json.dumps(record, allow_nan=False) + "\n")
                 stop = None
                 if train_cfg.patience and stale >= train_cfg.patience:
                     stop = f"no better validation NLL in {stale} epochs"
@@ -568,12 +583,15 @@ class Trainer:
                     "train_seconds": seconds,
                     "training_stage": stage,
                     "epoch_plans": [list(plan) for plan in epoch_plans],
+                    "last_validated_epoch": last_validated,
                 }
                 # best.pt first: a run stopped between the two writes resumes from the last.pt before,
-                # redoes this epoch and writes both again; the other order would leave a stale best.pt
+                # redoes this epoch and writes both again; the other order would leave a stale best.pt.
+                # A new best also writes last.pt (whatever checkpoint_every says), so that best.pt is
+                # never of an epoch a resume would redo: redone on another plan, it might not come back
                 if improved:
                     save_checkpoint(model_payload, self.run.best)  # evaluation needs no optimizer state
-                if stop or epoch == train_cfg.epochs or epoch % train_cfg.checkpoint_every == 0:
+                if improved or stop or epoch == train_cfg.epochs or epoch % train_cfg.checkpoint_every == 0:
                     save_checkpoint({
                         **model_payload,
                         "optimizer": optimizer.state_dict(),
@@ -594,6 +612,9 @@ class Trainer:
             if fitted_from is not None and stopped_because == "completed all epochs":
                 stopped_because = (f"completed all epochs, fitted to max_seconds = {train_cfg.max_seconds:g}: "
                                    f"{train_cfg.epochs} of the {fitted_from} planned")
+        if not model.final_training_stage:  # e.g. a VQ-VAE planned to end before its prior trains
+            stopped_because += (f"; it ended before its last training stage, which starts at epoch {final_stage}: "
+                                f"continue it with --resume --epochs N (N ≥ {final_stage})")
         self.write_loss_curve()
         # ready to score, as load_model returns it: no dropout, a flow's fixed dequantization noise
         best = model_from_checkpoint(load_checkpoint(self.run.best), self.run.best).to(self.device).eval()
@@ -638,7 +659,7 @@ class Trainer:
                     mean = total.item() / count
                     if not math.isfinite(mean):
                         raise FloatingPointError(
-                            f"training loss became {mean} at epoch {epoch} (by step {step}); lower the learning rate"
+                            f"training loss became {mean} at epoch {epoch} (by step {step}); {DIVERGENCE_ADVICE}"
                         )
                     bar.set_postfix(loss=f"{mean:.3f}")
         return total.item() / count

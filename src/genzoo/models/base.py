@@ -242,6 +242,12 @@ class GenerativeModel(nn.Module):
         (it would stop before the last stage ran)."""
         return True
 
+    @property
+    def first_epoch_of_final_stage(self) -> int:
+        """The epoch the last training stage starts at (1 for one stage): a plan shorter than that
+        would end before it, and the trainer refuses such a plan (or fits a time budget no shorter)."""
+        return 1
+
     def relabel_loaded_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         """After a resume loads the optimizer's state: bring it into the numbering that loading
         gave the weights, where a model relabels an older checkpoint's (MADE). Nothing by default."""

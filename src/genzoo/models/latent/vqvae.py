@@ -219,6 +219,10 @@ class VQVAE(GenerativeModel):
     def final_training_stage(self) -> bool:
         return self.stage == "prior" or self.config.stages == "autoencoder"
 
+    @property
+    def first_epoch_of_final_stage(self) -> int:
+        return self.config.autoencoder_epochs + 1 if self.config.stages == "both" else 1
+
     def epoch_metrics(self) -> dict[str, float]:
         usage = self.quantizer.usage
         if usage.sum() == 0:

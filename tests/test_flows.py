@@ -517,3 +517,15 @@ def test_a_flow_trains_on_8bit_data_in_bits_per_dim(tmp_path):
     assert 5.0 < result.bits_per_dim < 9.0
     samples = model.sample(10)
     assert torch.equal(samples, samples.round()) and samples.min() >= 0 and samples.max() <= 255
+
+
+def test_more_squeezes_than_the_image_takes_are_refused_not_turned_into_a_column():
+    """Glow with 3 levels on 28×28 MNIST used to become one 784-channel column, with no squeeze
+    or split and about 200× the parameters, silently; an odd image still becomes a column."""
+    with pytest.raises(ValueError, match=r"glow: num_levels = 3 squeezes the 28×28 image 3 times .* at most 2"):
+        genzoo.build_model("glow", (1, 28, 28), num_levels=3, hidden_channels=4)
+    with pytest.raises(ValueError, match=r"realnvp: num_scales = 4 .* at most 2"):
+        genzoo.build_model("realnvp", (1, 28, 28), num_scales=4, hidden_channels=4)
+    assert genzoo.build_model("glow", (1, 28, 28), num_levels=2, hidden_channels=4) is not None
+    odd = genzoo.build_model("realnvp", (1, 3, 4), num_scales=2, hidden_channels=4, data_kind="real")
+    assert torch.isfinite(odd.log_prob(torch.rand(2, 1, 3, 4))).all()

@@ -7,6 +7,7 @@ by enumerating every k-tuple of draws: the inequalities then hold without sampli
 from __future__ import annotations
 
 import itertools
+import typing
 import math
 
 import pytest
@@ -372,3 +373,11 @@ def test_empty_and_boolean_latents():
                             prior_hidden_sizes=[8])
     with pytest.raises(ValueError, match="codes must be integers .* torch.bool"):
         vq.decode(torch.ones(1, 2, 2, dtype=torch.bool))
+
+
+def test_iwae_offers_only_the_objective_it_accepts():
+    from genzoo.models.latent.iwae import IWAEConfig
+
+    assert typing.get_args(typing.get_type_hints(IWAEConfig)["objective"]) == ("iwae",)
+    with pytest.raises(ValueError, match="objective"):
+        genzoo.build_model("iwae", (4,), objective="elbo")

@@ -1012,3 +1012,15 @@ def test_patience_counts_from_the_last_validation_across_a_resume(tmp_path, monk
     # best at epoch 4; the epochs without a better one are counted once each: 5, then 6 (2 in
     # all), then 7 and 8 (4): the run stops at 8, as an uninterrupted one validating at 5 would
     assert result.best_epoch == 4 and result.epochs_completed == 8
+
+
+def test_the_l1_penalty_covers_nades_weights(tmp_path):
+    """NADE's W and V are bare parameters: the L1 norm counted none of them, so l1_penalty did
+    nothing for NADE."""
+    from genzoo.training import weight_l1_norm
+
+    model = genzoo.build_model("nade", (6,), hidden_size=4, backend="torch")
+    assert weight_l1_norm(model).item() == pytest.approx((model.W.abs().sum() + model.V.abs().sum()).item())
+    runs = [_fit(tiny_run_config("nade", epochs=1, model_hp={"hidden_size": 8, "backend": "torch"}, l1_penalty=penalty),
+                 tmp_path / str(penalty)).model for penalty in (0.0, 0.1)]
+    assert not torch.allclose(runs[0].W, runs[1].W)

@@ -404,3 +404,11 @@ def test_shipped_configs_load_and_build(name):
     shape = (1, 8, 8) if config.data.name == "digits" else (1, 28, 28)
     model = genzoo.build_model("vqvae", shape, **config.model_hyperparameters)
     assert model.config.autoencoder_epochs < config.train.epochs
+
+
+@pytest.mark.parametrize("hp, key", [({"prior_model": "nade", "prior_hidden_sizes": [500]}, "prior_hidden_sizes"),
+                                     ({"prior_model": "made", "prior_hidden_size": 500}, "prior_hidden_size"),
+                                     ({"prior_model": "fvsbn", "prior_hidden_size": 10}, "prior_hidden_size")])
+def test_a_prior_size_the_chosen_prior_ignores_is_refused(hp, key):
+    with pytest.raises(ValueError, match=f"{key} sizes a .* prior, but prior_model"):
+        genzoo.build_model("vqvae", (1, 8, 8), **hp)

@@ -170,7 +170,8 @@ class TrainConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     #: λ of an L1 penalty λ·Σ|w| added to the training loss, over the weights of linear and
-    #: convolutional layers (a masked layer's masked entries excluded; never biases): sparse
+    #: convolutional layers and NADE's W and V (a masked layer's masked entries excluded; never
+    #: biases, nor a flow's invertible 1×1 convolutions): sparse
     #: weights, e.g. an FVSBN's logistic regressions ignoring far-away pixels
     l1_penalty: float = 0.0
     #: clip the global gradient norm to this value; 0 turns clipping off

@@ -336,10 +336,15 @@ def weight_l1_norm(model: nn.Module) -> torch.Tensor:
 
     A masked layer counts its masked weight (entries the mask removes are not parameters of the
     model, so they are not penalized); biases and normalization parameters are never counted, nor
-    are frozen weights (``requires_grad`` off: e.g. a VQ-VAE's autoencoder while its prior trains)."""
+    are frozen weights (``requires_grad`` off: e.g. a VQ-VAE's autoencoder while its prior trains).
+    A module whose weights are bare parameters names them in ``penalized_weights()`` (NADE's W, V)."""
     total = torch.zeros((), device=next(model.parameters()).device)
     for module in model.modules():
-        if hasattr(module, "masked_weight"):
+        if callable(getattr(module, "penalized_weights", None)):
+            for weight in module.penalized_weights():
+                if weight.requires_grad:
+                    total = total + weight.abs().sum()
+        elif hasattr(module, "masked_weight"):
             if any(p.requires_grad for p in module.parameters(recurse=False)):
                 total = total + module.masked_weight().abs().sum()
         elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and module.weight.requires_grad:

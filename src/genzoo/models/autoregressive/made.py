@@ -62,7 +62,9 @@ class MADEConfig:
     #: with one mask, each layer of at least ``row_blocks_min_weights`` weights splits its rows
     #: into this many blocks and stores and multiplies only what each block's mask lets through
     #: (the same model, with fewer weights for Adam to update and, on the CPU, fewer operations);
-    #: 0 keeps every layer dense. The masks of a K > 1 ensemble are not staircases and stay dense.
+    #: 0 or 1 keep every layer dense. Only natural-order masks are staircases: the masks of a K > 1
+    #: ensemble and of an order-agnostic MADE stay dense, and so does a layer whose blocks would
+    #: still multiply more than 85% of it.
     row_blocks: int = 8
     #: the smallest layer (in weights) that ``row_blocks`` splits
     row_blocks_min_weights: int = 1 << 18

@@ -118,6 +118,10 @@ class NADE(BernoulliAutoregressive):
         self.V = nn.Parameter(torch.randn(D, H) * 0.01)
         self.b = nn.Parameter(torch.zeros(D))
 
+    def penalized_weights(self) -> list[torch.Tensor]:
+        """The weights a trainer's L1 penalty covers: W and V (not the biases)."""
+        return [self.W, self.V]
+
     def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_kernel(x, self.W):
             return NADELogitsKernel.apply(x, self.W, self.c, self.V, self.b)

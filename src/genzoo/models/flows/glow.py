@@ -53,7 +53,7 @@ class GlowConfig(FlowConfig):
     num_levels: int = 2
     #: K, steps of flow per level
     steps_per_level: int = 8
-    #: channels and convolutional layers of the network inside each affine coupling
+    #: channels and hidden layers of the network inside each affine coupling (hidden_layers + 1 convolutions)
     hidden_channels: int = 128
     hidden_layers: int = 2
 
@@ -95,5 +95,5 @@ class Glow(FlowModel):
     def __init__(self, data_shape: tuple[int, ...], config: GlowConfig | None = None):
         config = config or GlowConfig()
         super().__init__(data_shape, config)
-        shape = flow_image_shape(self.data_shape, config.num_levels)
+        shape = flow_image_shape(self.data_shape, config.num_levels, f"glow: num_levels = {config.num_levels}")
         self.set_flow([Reshape((self.num_dims,), shape), _level(shape, config.num_levels, config)], StandardNormal())

@@ -55,10 +55,10 @@ class RealNVPConfig(FlowConfig):
     num_scales: int = 2
     #: couplings of each kind per scale (the paper: 3; the last scale has one more checkerboard)
     couplings_per_scale: int = 3
-    #: channels and convolutional layers of the network inside each coupling
+    #: channels and hidden layers of the network inside each coupling (hidden_layers + 1 convolutions)
     hidden_channels: int = 64
     hidden_layers: int = 2
-    #: normalization inside the coupling networks
+    #: a normalization flow layer after each coupling (batch norm as in the paper, or actnorm)
     norm: Literal["batch", "actnorm", "none"] = "actnorm"
 
     def __post_init__(self) -> None:
@@ -69,13 +69,20 @@ class RealNVPConfig(FlowConfig):
         require(self.hidden_layers >= 1, f"realnvp: hidden_layers must be at least 1, got {self.hidden_layers}")
 
 
-def flow_image_shape(data_shape: tuple[int, ...], num_squeezes: int) -> tuple[int, int, int]:
-    """The (C, H, W) a convolutional flow works on: the data's own image shape if ``num_squeezes``
-    squeezes fit it, else the flat data as one (D, 1, 1) column."""
-    if len(data_shape) == 3:
+def flow_image_shape(data_shape: tuple[int, ...], num_squeezes: int, option: str = "") -> tuple[int, int, int]:
+    """The (C, H, W) a convolutional flow works on: the data's own image shape if its
+    ``num_squeezes`` squeezes divide it; flat data, or an image no squeeze divides (an odd side),
+    as one (D, 1, 1) column. An image that takes some squeezes but fewer than asked is a
+    ValueError naming ``option``, the key that sets them: as a column the flow would silently
+    become another, much larger model (28×28 MNIST takes 2)."""
+    if len(data_shape) == 3 and data_shape[1] * data_shape[2] > 1:
         c, h, w = data_shape
-        if h % 2**num_squeezes == 0 and w % 2**num_squeezes == 0 and h * w > 1:
+        if h % 2**num_squeezes == 0 and w % 2**num_squeezes == 0:
             return (c, h, w)
+        most = next(k for k in range(num_squeezes, -1, -1) if h % 2**k == 0 and w % 2**k == 0)
+        if most > 0:
+            raise ValueError(f"{option or 'the flow'} squeezes the {h}×{w} image {num_squeezes} times (halving its "
+                             f"height and width each time), which {h}×{w} does not allow: at most {most}")
     d = 1
     for s in data_shape:
         d *= s
@@ -123,5 +130,6 @@ class RealNVP(FlowModel):
     def __init__(self, data_shape: tuple[int, ...], config: RealNVPConfig | None = None):
         config = config or RealNVPConfig()
         super().__init__(data_shape, config)
-        shape = flow_image_shape(self.data_shape, config.num_scales - 1)
+        shape = flow_image_shape(self.data_shape, config.num_scales - 1,
+                                 f"realnvp: num_scales = {config.num_scales} (a squeeze for each scale after the first)")
         self.set_flow([Reshape((self.num_dims,), shape), _scale(shape, config.num_scales, config)], StandardNormal())

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from genzoo.config import require
 from genzoo.models.base import register_model
 from genzoo.models.latent.vae import VAE, VAEConfig
 
@@ -26,12 +25,9 @@ __all__ = ["IWAE", "IWAEConfig"]
 
 @dataclass
 class IWAEConfig(VAEConfig):
-    objective: Literal["elbo", "iwae"] = "iwae"
+    #: the importance-weighted bound (the ELBO is the model "vae")
+    objective: Literal["iwae"] = "iwae"
     k: int = 5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.objective == "iwae", f"iwae: objective must be \"iwae\" (use the model \"vae\" for the ELBO), got {self.objective!r}")
 
 
 @register_model("iwae", IWAEConfig)

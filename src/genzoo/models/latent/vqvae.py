@@ -31,6 +31,7 @@ Reference: van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete Representation 
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,7 +73,9 @@ class VQVAEConfig:
     dead_code_steps: int = 100
     #: the prior over the code bits: a genzoo autoregressive model and its size
     prior_model: Literal["made", "nade", "fvsbn"] = "made"
+    #: a MADE prior's hidden layers (prior_model = "made" only)
     prior_hidden_sizes: tuple[int, ...] = (256,)
+    #: a NADE prior's hidden units (prior_model = "nade" only)
     prior_hidden_size: int = 64
     #: what training optimizes: "both" (stage one for ``autoencoder_epochs``, then stage two),
     #: "autoencoder" (stage one only) or "prior" (stage two only; start from a stage-one run with
@@ -98,6 +101,11 @@ class VQVAEConfig:
                 f"vqvae: prior_hidden_sizes must be positive layer sizes, got {self.prior_hidden_sizes}")
         require(self.prior_hidden_size >= 1, f"vqvae: prior_hidden_size must be positive, got {self.prior_hidden_size}")
         require(self.autoencoder_epochs >= 1, f"vqvae: autoencoder_epochs must be at least 1, got {self.autoencoder_epochs}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key, used_by in (("prior_hidden_sizes", "made"), ("prior_hidden_size", "nade")):
+            value = getattr(self, key)
+            require(self.prior_model == used_by or (tuple(value) if isinstance(value, list) else value) == defaults[key],
+                    f"vqvae: {key} sizes a {used_by} prior, but prior_model = {self.prior_model!r}")
 
 
 def codes_to_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:

@@ -418,3 +418,11 @@ def test_nade_thread_plan_keeps_results_and_leaves_other_backends_alone(two_torc
     reference = genzoo.build_model("nade", (12,), hidden_size=7, backend="torch")
     with reference.compute_threads():
         assert torch.get_num_threads() == 2  # PyTorch does its work: nothing to hand over
+
+
+def test_the_kernel_cache_is_never_the_data_folder(monkeypatch, tmp_path):
+    """With GENZOO_DATA at a shared data folder, NADE wrote compiled libraries into it."""
+    monkeypatch.delenv("GENZOO_KERNEL_CACHE", raising=False)
+    monkeypatch.setenv("GENZOO_DATA", str(tmp_path / "shared-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert kernels._cache_folder() == (tmp_path / "cache" / "genzoo" / "kernels").resolve()

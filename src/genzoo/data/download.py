@@ -11,6 +11,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from genzoo.files import shared_file_mode
+from genzoo.paths import user_cache_dir
 
 __all__ = ["DataError", "data_dir", "find_or_download", "sha256_of"]
 
@@ -20,16 +21,13 @@ class DataError(ValueError):
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The data folder: ``explicit`` (``--data-dir``), else $GENZOO_DATA, else
-    $XDG_CACHE_HOME/genzoo (~/.cache/genzoo where it is unset, empty or relative, as the XDG spec
-    says: a relative one would give each working folder a cache of its own)."""
+    """The data folder: ``explicit`` (``--data-dir``), else $GENZOO_DATA, else the user cache
+    folder ($XDG_CACHE_HOME/genzoo or ~/.cache/genzoo)."""
     if explicit:
         return Path(explicit).expanduser()
     if os.environ.get("GENZOO_DATA"):
         return Path(os.environ["GENZOO_DATA"]).expanduser()
-    xdg_cache = os.environ.get("XDG_CACHE_HOME", "")
-    cache = Path(xdg_cache) if xdg_cache and Path(xdg_cache).is_absolute() else Path.home() / ".cache"
-    return cache / "genzoo"
+    return user_cache_dir()
 
 
 def sha256_of(path: Path) -> str:

@@ -32,6 +32,8 @@ from typing import Iterator
 
 import torch
 
+from genzoo.paths import user_cache_dir
+
 __all__ = ["load", "kernels_enabled", "kernel_threads", "threads_for_kernels", "thread_pool", "pointer"]
 
 # -ffast-math is avoided on purpose: linking with it can switch the whole process to
@@ -67,12 +69,11 @@ def _cpu_signature() -> str:
 
 
 def _cache_folder() -> Path:
-    """``$GENZOO_KERNEL_CACHE`` (empty means unset), else the genzoo cache folder's ``kernels``;
-    absolute, because ``dlopen`` looks a name without a slash up on the system's library path."""
-    from genzoo.data.download import data_dir  # the one genzoo cache folder
-
+    """``$GENZOO_KERNEL_CACHE`` (empty means unset), else the user cache folder's ``kernels``
+    (never the data folder: $GENZOO_DATA may be a shared, read-only set of data files); absolute,
+    because ``dlopen`` looks a name without a slash up on the system's library path."""
     configured = os.environ.get("GENZOO_KERNEL_CACHE", "").strip()
-    return (Path(configured).expanduser() if configured else data_dir() / "kernels").resolve()
+    return (Path(configured).expanduser() if configured else user_cache_dir() / "kernels").resolve()
 
 
 def _digest_path(library: Path) -> Path:

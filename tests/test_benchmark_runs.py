@@ -1,7 +1,9 @@
 """The benchmarks' shared run driver: a benchmark re-run continues the run folder it left."""
+import math
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -49,3 +51,19 @@ def test_the_nll_benchmark_fits_a_budgeted_run_and_records_it(tmp_path, monkeypa
     assert record["fitted_from_epochs"] == 100000 and record["epochs"] < 100000
     assert record["stopped_because"].startswith("completed all epochs, fitted to max_seconds = 1")
     assert "extended_from_epochs" not in record
+    # every field the issue asks of a record, with bits/dim from the NLL
+    assert set(record) >= {"model", "dataset", "protocol", "split", "nll_nats", "bits_per_dim", "likelihood", "epochs",
+                           "train_seconds", "params", "device", "command"}
+    assert record["bits_per_dim"] == pytest.approx(record["nll_nats"] / (64 * math.log(2)))
+
+
+def test_every_published_record_has_the_issues_fields():
+    import json
+
+    from common import RESULTS
+
+    fields = {"model", "dataset", "protocol", "split", "nll_nats", "bits_per_dim", "likelihood", "epochs",
+              "train_seconds", "params", "device", "command"}
+    for record in json.loads((RESULTS / "binarized-mnist.json").read_text()):
+        assert fields <= set(record), (record["model"], record["protocol"], fields - set(record))
+        assert record["bits_per_dim"] == pytest.approx(record["nll_nats"] / (784 * math.log(2)), rel=1e-9)

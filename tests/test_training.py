@@ -1024,3 +1024,22 @@ def test_the_l1_penalty_covers_nades_weights(tmp_path):
     runs = [_fit(tiny_run_config("nade", epochs=1, model_hp={"hidden_size": 8, "backend": "torch"}, l1_penalty=penalty),
                  tmp_path / str(penalty)).model for penalty in (0.0, 0.1)]
     assert not torch.allclose(runs[0].W, runs[1].W)
+
+
+def test_gradient_clipping_bounds_the_norm_adam_steps_with(tmp_path, monkeypatch):
+    """The gradient's global norm when Adam steps is at most grad_clip (no other test could tell a
+    trainer that never clipped)."""
+    norms = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    _fit(tiny_run_config("fvsbn", epochs=1, grad_clip=0.01), tmp_path / "clipped")
+    assert norms and max(norms) <= 0.01 * (1 + 1e-5)
+    norms.clear()
+    _fit(tiny_run_config("fvsbn", epochs=1), tmp_path / "free")
+    assert max(norms) > 0.01

@@ -272,7 +272,8 @@ def markdown_table(record: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=at_least(1), default=5, help="interleaved rounds of each comparison")
+    parser.add_argument("--repeats", type=at_least(1), default=5,
+                        help="interleaved rounds of each comparison (1 or 2 only for a smoke run: a figure wants 5 or more)")
     parser.add_argument("--name", help="the records' file stem (default: speed-<device type>)")
     add_results_option(parser, "<name>.json and .md")
     args = parser.parse_args(argv)

@@ -165,7 +165,8 @@ def fit_or_resume(config, run_dir: Path, device: torch.device, data_dir: str | N
         config.train.max_seconds = max_seconds
     if epochs:
         config.train.epochs = epochs
-    trainer = Trainer(config, run_dir, device, data_dir, progress=None)
+    # no last.pt: a run stopped before its first checkpoint (or none yet) starts over
+    trainer = Trainer(config, run_dir, device, data_dir, progress=None, overwrite=True)
     if trainer.run.last.exists():
         trainer = Trainer.resume(run_dir, device, data_dir, None, epochs=config.train.epochs)
         trainer.config.train.max_seconds = config.train.max_seconds

@@ -57,7 +57,8 @@ def train(model: str, config: RunConfig, with_valid: bool, args: argparse.Namesp
         if (run_dir / "checkpoints" / "last.pt").exists():
             trainer = Trainer.resume(run_dir, device, args.data_dir, None)
         else:
-            trainer = Trainer(config, run_dir, device, args.data_dir, progress=None)
+            # a run stopped before its first checkpoint starts over
+            trainer = Trainer(config, run_dir, device, args.data_dir, progress=None, overwrite=True)
         return trainer.fit()
     finally:
         genzoo.training.make_training_data = original

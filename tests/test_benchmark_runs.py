@@ -67,3 +67,21 @@ def test_every_published_record_has_the_issues_fields():
     for record in json.loads((RESULTS / "binarized-mnist.json").read_text()):
         assert fields <= set(record), (record["model"], record["protocol"], fields - set(record))
         assert record["bits_per_dim"] == pytest.approx(record["nll_nats"] / (784 * math.log(2)), rel=1e-9)
+
+
+def test_a_benchmark_run_stopped_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch):
+    """The run folder then holds config.toml and no last.pt, which a new run refuses without
+    --overwrite: the benchmarks' "call again" workflow must start it over."""
+    import genzoo.training
+
+    real_evaluate = genzoo.training.evaluate
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(genzoo.training, "evaluate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit_or_resume(tiny_run_config("fvsbn", epochs=2), tmp_path / "run", torch.device("cpu"), None)
+    monkeypatch.setattr(genzoo.training, "evaluate", real_evaluate)
+    assert fit_or_resume(tiny_run_config("fvsbn", epochs=2), tmp_path / "run", torch.device("cpu"),
+                         None).epochs_completed == 2

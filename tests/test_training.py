@@ -903,15 +903,6 @@ def test_a_larger_budget_on_resume_is_fitted_from_the_plan_before_fitting(tmp_pa
     assert Trainer.resume(tmp_path / "run", progress=False, max_seconds=20, epochs=9).fit().epochs_completed == 9
 
 
-def test_plan_before_fitting():
-    from genzoo.training import plan_before_fitting
-
-    assert plan_before_fitting([(0, 20), (1, 5)]) == 20
-    assert plan_before_fitting([[0, 20], [1, 5], [5, 30], [6, 9]]) == 30
-    assert plan_before_fitting([(0, 20)]) is None and plan_before_fitting(None) is None
-    assert plan_before_fitting([(0, 5), (5, 20)]) is None  # extended, not fitted
-
-
 def test_without_fitting_the_budget_cuts_the_schedule_part_way(tmp_path, monkeypatch):
     _one_second_epochs(monkeypatch)
     config = tiny_run_config("fvsbn", epochs=20, lr=0.01, lr_schedule="cosine", max_seconds=5.5)
@@ -1043,3 +1034,60 @@ def test_gradient_clipping_bounds_the_norm_adam_steps_with(tmp_path, monkeypatch
     norms.clear()
     _fit(tiny_run_config("fvsbn", epochs=1), tmp_path / "free")
     assert max(norms) > 0.01
+
+
+def test_a_plan_cut_with_epochs_is_not_brought_back_by_a_larger_budget(tmp_path, monkeypatch):
+    """Only a plan a time fit shortened is refitted from the one before it: --epochs 2 after a
+    5-epoch plan is the user's, and a later --max-seconds alone used to restore the 5."""
+    _one_second_epochs(monkeypatch)
+    config = tiny_run_config("fvsbn", epochs=5, max_seconds=1000, fit_epochs_to_max_seconds=True)
+    _crash_at_validation(monkeypatch, 2)
+    with pytest.raises(_Crash):
+        _fit(config, tmp_path / "run")
+    monkeypatch.undo()
+    assert Trainer.resume(tmp_path / "run", progress=False, epochs=2).fit().epochs_completed == 2
+    assert Trainer.resume(tmp_path / "run", progress=False, max_seconds=2000).fit().epochs_completed == 2
+
+
+def test_a_run_given_tuples_in_python_resumes(tmp_path):
+    """config.toml reads a tuple back as a list: (32,) against [32] refused every resume of a run
+    configured in Python with a tuple."""
+    config = tiny_run_config("made", epochs=1, model_hp={"hidden_sizes": (16,)})
+    _fit(config, tmp_path / "run")
+    assert Trainer.resume(tmp_path / "run", epochs=2, progress=False).fit().epochs_completed == 2
+
+
+def test_a_refused_resume_leaves_the_training_runs_config_alone(tmp_path):
+    from genzoo.training import RunInUseError, run_folder_lock
+
+    _fit(tiny_run_config("fvsbn", epochs=1), tmp_path / "run")
+    before = RunFolder(tmp_path / "run").config.read_text()
+    with run_folder_lock(tmp_path / "run"):
+        with pytest.raises(RunInUseError):
+            Trainer.resume(tmp_path / "run", epochs=7, progress=False)
+    assert RunFolder(tmp_path / "run").config.read_text() == before
+
+
+def test_a_file_system_without_locks_still_trains(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert _fit(tiny_run_config("fvsbn", epochs=1), tmp_path / "run").epochs_completed == 1
+
+
+def test_a_nan_at_the_first_validation_says_nothing_was_saved(tmp_path, monkeypatch):
+    _scripted_validation(monkeypatch, [math.nan])
+    with pytest.raises(FloatingPointError, match="no epoch was saved: start the run again with --overwrite"):
+        _fit(tiny_run_config("fvsbn", epochs=2), tmp_path / "run")
+
+
+def test_the_loss_curve_takes_its_format_from_the_file_name(tmp_path):
+    from genzoo.images import save_loss_curve
+
+    records = [{"epoch": 1, "train_loss": 2.0, "valid_nll": 2.1}, {"epoch": 2, "train_loss": 1.5, "valid_nll": 1.7}]
+    assert save_loss_curve(records, tmp_path / "curve.pdf").read_bytes().startswith(b"%PDF")
+    assert save_loss_curve(records, tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")

@@ -412,3 +412,10 @@ def test_shipped_configs_load_and_build(name):
 def test_a_prior_size_the_chosen_prior_ignores_is_refused(hp, key):
     with pytest.raises(ValueError, match=f"{key} sizes a .* prior, but prior_model"):
         genzoo.build_model("vqvae", (1, 8, 8), **hp)
+
+
+def test_a_budget_that_stops_stage_one_asks_for_more_time_not_epochs(tmp_path):
+    result = Trainer(tiny_run_config("vqvae", epochs=4, model_hp=TINY_RUN, batch_size=200, max_seconds=1e-9),
+                     tmp_path / "run", progress=False).fit()
+    assert result.stopped_because.startswith("reached max_seconds")
+    assert "continue it with --resume and a larger --max-seconds" in result.stopped_because

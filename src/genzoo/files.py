@@ -9,15 +9,27 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "naming_the_file", "shared_file_mode"]
+__all__ = ["atomic_write", "atomic_write_text", "chmod_if_possible", "naming_the_file", "shared_file_mode"]
 
 
 def shared_file_mode() -> int:
     """The mode a new file gets under this process's umask (0o644 under 022). A temporary file is
     created 0o600, and a rename keeps that: other users of a shared folder could not read it."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask: read from Linux's /proc (setting it to read it back would race with
+    other threads creating files), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -32,7 +44,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, shared_file_mode())
+        chmod_if_possible(tmp, shared_file_mode())
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
@@ -52,6 +64,13 @@ def naming_the_file(error: OSError, path: str | Path) -> OSError:
     if error.errno is not None:
         return OSError(error.errno, error.strerror, str(path))
     return OSError(f"{path}: {error}")
+
+
+def chmod_if_possible(path: str | Path, mode: int) -> None:
+    try:
+        os.chmod(path, mode)
+    except OSError:
+        pass  # a file system without modes (FAT, some network mounts): its own rules apply
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

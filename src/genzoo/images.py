@@ -83,6 +83,7 @@ def save_loss_curve(records: Sequence[dict], path: str | Path, title: str = "") 
     ax.legend()
     fig.tight_layout()
     try:
-        return atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"))
+        picture_format = Path(path).suffix.lstrip(".").lower() or "png"  # matplotlib's formats: png, pdf, svg, ...
+        return atomic_write(path, lambda f: fig.savefig(f, dpi=100, format=picture_format))
     finally:
         plt.close(fig)

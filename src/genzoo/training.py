@@ -248,6 +248,15 @@ def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, state:
         scheduler._last_lr = lrs
 
 
+def _as_toml_values(value: Any) -> Any:
+    """``value`` as config.toml gives it back: tuples (a Python caller's (32,)) as lists."""
+    if isinstance(value, dict):
+        return {key: _as_toml_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_toml_values(item) for item in value]
+    return value
+
+
 def check_config_matches_checkpoint(config: RunConfig, payload: dict[str, Any], run: RunFolder) -> None:
     """Refuse a resume whose config.toml says something else than the config last.pt was trained
     with (a file cut short by a full disk reads as defaults; a hand edit would change the run
@@ -256,10 +265,10 @@ def check_config_matches_checkpoint(config: RunConfig, payload: dict[str, Any], 
     if not isinstance(saved, dict):
         return  # check_resumable names what the checkpoint lacks
     try:
-        trained = run_config_from_dict(saved, where="checkpoint").to_dict()
+        trained = _as_toml_values(run_config_from_dict(saved, where="checkpoint").to_dict())
     except ValueError:
         return
-    current = config.to_dict()
+    current = _as_toml_values(config.to_dict())
     for table in sorted(set(trained) | set(current)):
         ours, theirs = current.get(table, {}), trained.get(table, {})
         for key in sorted(set(ours) | set(theirs)):
@@ -281,36 +290,29 @@ def run_folder_lock(folder: Path) -> Iterator[None]:
     ``--resume`` on the same folder is refused, instead of two runs interleaving their metrics and
     overwriting each other's checkpoints. The lock goes with the process (even when it is killed).
     Where ``fcntl`` is missing (Windows), runs are not locked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / ".lock"
     try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
         with open(lock_path, "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunInUseError(f"{folder} is in use by another genzoo train (or --resume); wait for it to "
-                                    "finish, or choose another --out") from None
+            if fcntl is not None:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RunInUseError(f"{folder} is in use by another genzoo train (or --resume); wait for it "
+                                        "to finish, or choose another --out") from None
+                except OSError:
+                    pass  # a file system without locks (some NFS): train unlocked rather than not at all
             yield
     finally:
         # a run that failed before writing anything leaves no folder behind it
         if created and [p.name for p in folder.iterdir()] in ([], [".lock"]):
             lock_path.unlink(missing_ok=True)
             folder.rmdir()
-
-
-def plan_before_fitting(epoch_plans: Any) -> int | None:
-    """The epoch total a run planned before its last plan shortened it (fit_epochs_to_max_seconds
-    does), from a checkpoint's [(start epoch, total), ...]; None if the last plan is not shorter."""
-    totals = [plan[1] for plan in epoch_plans or [] if isinstance(plan, (list, tuple)) and len(plan) == 2]
-    if len(totals) >= 2 and all(isinstance(t, int) for t in totals[-2:]) and totals[-1] < totals[-2]:
-        return totals[-2]
-    return None
 
 
 def random_states(data_order: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
@@ -405,11 +407,25 @@ class Trainer:
         if config is None:
             raise CheckpointError(f"{run.config} is missing: cannot resume {run_dir}")
         check_config_matches_checkpoint(config, payload, run)
-        if epochs is None and max_seconds is not None and config.train.fit_epochs_to_max_seconds:
+        fitted_from = payload.get("fitted_from_epochs")
+        if (epochs is None and max_seconds is not None and config.train.fit_epochs_to_max_seconds
+                and isinstance(fitted_from, int) and fitted_from > config.train.epochs):
             # config.toml holds the plan fitted to the old budget (1 of 50 epochs, say): a larger
-            # budget is fitted from the plan before it, or the resume would train nothing
-            epochs = plan_before_fitting(payload.get("epoch_plans"))
+            # budget is fitted from the plan before it, or the resume would train nothing (a plan
+            # the user cut with --epochs is theirs: no fitting recorded it)
+            epochs = fitted_from
         changes = {key: value for key, value in (("epochs", epochs), ("max_seconds", max_seconds)) if value is not None}
+        with run_folder_lock(run.path):  # config.toml is not rewritten under a run that trains
+            cls._apply_resume_changes(run, run_dir, config, payload, changes, epochs)
+        trainer = cls(config, run_dir, device, data_dir, progress)
+        trainer._resume_payload = payload
+        return trainer
+
+    @staticmethod
+    def _apply_resume_changes(run: RunFolder, run_dir: str | Path, config: RunConfig, payload: dict[str, Any],
+                              changes: dict[str, Any], epochs: int | None) -> None:
+        """Check a resume's new epochs and max_seconds as a new run's, and keep a new epoch total
+        in config.toml for later resumes."""
         if changes:
             raw = config.to_dict()
             raw["train"].update(changes)
@@ -422,9 +438,6 @@ class Trainer:
                 config.train.epochs = checked.train.epochs
                 atomic_write_text(run.config, dump_toml(config.to_dict()))  # a later resume keeps the new total
             config.train.max_seconds = checked.train.max_seconds
-        trainer = cls(config, run_dir, device, data_dir, progress)
-        trainer._resume_payload = payload
-        return trainer
 
     # -- set-up -------------------------------------------------------------------------
     def _build_model(self, data: TrainingData) -> GenerativeModel:
@@ -556,9 +569,11 @@ class Trainer:
                     result = evaluate(model, valid, "valid", train_cfg.eval_batch_size, validation=True,
                                       labels=data.valid_labels, progress=self.progress)
                     if not math.isfinite(result.nll_nats):  # before anything of this epoch is written
+                        kept = (f"{self.run.last} holds the last good epoch" if self.run.last.exists() else
+                                "no epoch was saved: start the run again with --overwrite")
                         raise FloatingPointError(
                             f"validation NLL became {result.nll_nats} at epoch {epoch} (training loss {train_loss:.4g}); "
-                            f"{DIVERGENCE_ADVICE}; {self.run.last} holds the last good epoch")
+                            f"{DIVERGENCE_ADVICE}; {kept}")
                     improved = result.nll_nats < best_nll
                     if improved:
                         best_nll, best_epoch, stale = result.nll_nats, epoch, 0
@@ -589,6 +604,8 @@ class Trainer:
                     "training_stage": stage,
                     "epoch_plans": [list(plan) for plan in epoch_plans],
                     "last_validated_epoch": last_validated,
+                    # the plan a time fit shortened in this session: a resume with a larger budget refits from it
+                    "fitted_from_epochs": fitted_from,
                 }
                 # best.pt first: a run stopped between the two writes resumes from the last.pt before,
                 # redoes this epoch and writes both again; the other order would leave a stale best.pt.
@@ -618,8 +635,10 @@ class Trainer:
                 stopped_because = (f"completed all epochs, fitted to max_seconds = {train_cfg.max_seconds:g}: "
                                    f"{train_cfg.epochs} of the {fitted_from} planned")
         if not model.final_training_stage:  # e.g. a VQ-VAE planned to end before its prior trains
+            more = (f"--epochs N (N ≥ {final_stage})" if train_cfg.epochs < final_stage
+                    else "a larger --max-seconds")
             stopped_because += (f"; it ended before its last training stage, which starts at epoch {final_stage}: "
-                                f"continue it with --resume --epochs N (N ≥ {final_stage})")
+                                f"continue it with --resume and {more}")
         self.write_loss_curve()
         # ready to score, as load_model returns it: no dropout, a flow's fixed dequantization noise
         best = model_from_checkpoint(load_checkpoint(self.run.best), self.run.best).to(self.device).eval()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from genzoo.data.download import DataError, data_dir, find_or_download
-from genzoo.files import shared_file_mode
+from genzoo.files import chmod_if_possible, shared_file_mode
 from genzoo.data.files import read_numpy_arrays
 
 __all__ = ["load_binarized_mnist", "load_mnist", "load_mnist5k", "load_digits",
@@ -80,7 +80,7 @@ def _save_npz_atomically(path: Path, **arrays: np.ndarray) -> None:
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".genzoo-", suffix=".npz") as f:
             tmp = Path(f.name)
             np.savez_compressed(f, **arrays)
-        os.chmod(tmp, shared_file_mode())
+        chmod_if_possible(tmp, shared_file_mode())
         os.replace(tmp, path)
     except OSError:
         pass

@@ -244,8 +244,8 @@ class GenerativeModel(nn.Module):
 
     @property
     def first_epoch_of_final_stage(self) -> int:
-        """The epoch the last training stage starts at (1 for one stage): a plan shorter than that
-        would end before it, and the trainer refuses such a plan (or fits a time budget no shorter)."""
+        """The epoch the last training stage starts at (1 for one stage): a time budget's fitted plan
+        is never shorter, and a run that ends before it says so (and how to continue it)."""
         return 1
 
     def relabel_loaded_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:

@@ -20,6 +20,12 @@ _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
 
+def _float32(*shape: int) -> torch.Tensor:
+    """An uninitialized float32 buffer whose pointer the C kernel reads and writes as float: never
+    the default dtype, which torch.set_default_dtype(torch.float64) would make double."""
+    return torch.empty(*shape, dtype=torch.float32)
+
+
 def _library() -> ctypes.CDLL | None:
     lib = load("nade")
     if lib is not None and not getattr(lib, "_genzoo_typed", False):
@@ -66,11 +72,11 @@ def _padded_parameters(lib: ctypes.CDLL, W: torch.Tensor, c: torch.Tensor, V: to
     H, D = W.shape
     lanes = lib.nade_lanes()
     Hp = -(-H // lanes) * lanes
-    Wt, Vp = torch.empty(D, Hp), torch.empty(D, Hp) if Hp > H else V
+    Wt, Vp = _float32(D, Hp), _float32(D, Hp) if Hp > H else V
     _run([lambda lo=lo, hi=hi: lib.nade_prepare(
         pointer(W), pointer(V), pointer(Wt), pointer(Vp if Hp > H else None), D, H, Hp, lo, hi)
         for lo, hi in _slices(D)])
-    cp = torch.zeros(Hp)
+    cp = _float32(Hp).zero_()
     cp[:H] = c
     return Wt, cp, Vp
 
@@ -83,8 +89,8 @@ def _kernel_inputs(lib: ctypes.CDLL, x, W, c, V, b):
 
 def _accumulators(lib: ctypes.CDLL, threads: int, D: int, Hp: int):
     """Each thread's partial sums of dWt, dV (D × Hp) and dc (Hp), and its scratch."""
-    return (torch.empty(threads, D, Hp), torch.empty(threads, D, Hp), torch.empty(threads, Hp),
-            torch.empty(threads, lib.nade_scratch_floats(Hp)))
+    return (_float32(threads, D, Hp), _float32(threads, D, Hp), _float32(threads, Hp),
+            _float32(threads, lib.nade_scratch_floats(Hp)))
 
 
 def nade_sample_kernel(u: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: torch.Tensor,
@@ -94,9 +100,9 @@ def nade_sample_kernel(u: torch.Tensor, W: torch.Tensor, c: torch.Tensor, V: tor
     lib = _library()
     u, b, Wt, cp, Vp = _kernel_inputs(lib, u, W, c, V, b)
     (B, D), Hp = u.shape, cp.shape[0]
-    x = torch.empty(B, D)
+    x = _float32(B, D)
     slices = _slices(B)
-    scratch = torch.empty(len(slices), lib.nade_scratch_floats(Hp))
+    scratch = _float32(len(slices), lib.nade_scratch_floats(Hp))
     _run([lambda k=k, lo=lo, hi=hi: lib.nade_sample(
         pointer(u[lo:hi]), pointer(Wt), pointer(cp), pointer(Vp), pointer(b), pointer(x[lo:hi]),
         pointer(scratch[k]), hi - lo, D, Hp) for k, (lo, hi) in enumerate(slices)])
@@ -116,9 +122,9 @@ class NADELogitsKernel(torch.autograd.Function):
         lib = _library()
         x, b, Wt, cp, Vp = _kernel_inputs(lib, x, W, c, V, b)
         (B, D), H, Hp = x.shape, c.shape[0], cp.shape[0]
-        logits, a_final = torch.empty(B, D), torch.empty(B, Hp)
+        logits, a_final = _float32(B, D), _float32(B, Hp)
         slices = _slices(B)
-        scratch = torch.empty(len(slices), lib.nade_scratch_floats(Hp))
+        scratch = _float32(len(slices), lib.nade_scratch_floats(Hp))
         _run([lambda k=k, lo=lo, hi=hi: lib.nade_forward(
             pointer(x[lo:hi]), pointer(Wt), pointer(cp), pointer(Vp), pointer(b),
             pointer(logits[lo:hi]), pointer(a_final[lo:hi]), pointer(scratch[k]), hi - lo, D, Hp)
@@ -135,7 +141,7 @@ class NADELogitsKernel(torch.autograd.Function):
         (B, D), Hp, H = x.shape, Vp.shape[1], ctx.hidden
         slices = _slices(B)
         dWt, dV_parts, dc, scratch = _accumulators(lib, len(slices), D, Hp)
-        dx = torch.empty(B, D) if ctx.needs_input_grad[0] else None
+        dx = _float32(B, D) if ctx.needs_input_grad[0] else None
         _run([lambda k=k, lo=lo, hi=hi: lib.nade_backward(
             pointer(g[lo:hi]), pointer(x[lo:hi]), pointer(Wt), pointer(Vp), pointer(a_final[lo:hi]),
             pointer(dWt[k]), pointer(dV_parts[k]), pointer(dc[k]),
@@ -148,7 +154,7 @@ class NADELogitsKernel(torch.autograd.Function):
 def _gradients(lib: ctypes.CDLL, dWt: torch.Tensor, dV_parts: torch.Tensor, g: torch.Tensor, H: int):
     """(dW, dV, db) from the threads' partial sums dWt, dV_parts (K × D × Hp) and g = dL/dlogits."""
     K, D, Hp = dWt.shape
-    dW, dV, db = torch.empty(H, D), torch.empty(D, H), torch.empty(D)
+    dW, dV, db = _float32(H, D), _float32(D, H), _float32(D)
     _run([lambda lo=lo, hi=hi: lib.nade_finish(
         pointer(dWt), pointer(dV_parts), K, pointer(g), len(g), pointer(dW), pointer(dV), pointer(db),
         D, H, Hp, lo, hi) for lo, hi in _slices(D)])
@@ -165,7 +171,7 @@ class NADEMeanNLLKernel(torch.autograd.Function):
         lib = _library()
         x, b, Wt, cp, Vp = _kernel_inputs(lib, x, W, c, V, b)
         (B, D), H, Hp = x.shape, c.shape[0], cp.shape[0]
-        logits, g = torch.empty(B, D), torch.empty(B, D)
+        logits, g = _float32(B, D), _float32(B, D)
         slices = _slices(B)
         dWt, dV_parts, dc, scratch = _accumulators(lib, len(slices), D, Hp)
         scale = ctypes.c_float(1.0 / B)  # the mean over the batch

@@ -167,9 +167,12 @@ class GenerativeModel(nn.Module):
     def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
         """Check ``x`` and return it as (B, D): image-shaped or flat input both accepted."""
         self._check_input_shape(x)
+        self._check_precision()
+        if x.is_complex():
+            raise TypeError(f"input is complex ({x.dtype}); this model scores real values")
         if not x.is_floating_point():
-            x = x.float()
-        if not self._checks_input_values:
+            x = x.to(self._dtype())  # integers and bools, exactly as the model's float (not via float32)
+        if not self._checks_input_values or x.is_meta:  # a meta tensor has no values to check
             return x.reshape(len(x), self.num_dims).to(self.device, dtype=self._dtype())
         if torch.isnan(x).any():
             row = int(torch.isnan(x.reshape(len(x), -1)).any(1).nonzero()[0])
@@ -260,6 +263,14 @@ class GenerativeModel(nn.Module):
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    def _check_precision(self) -> None:
+        """float16 and bfloat16 are refused: the models' bounds, quantizers and flows need float32
+        (they gave -inf, values off by thousands of nats, or errors from inside torch)."""
+        dtype = self._dtype()
+        if dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(f"this model's parameters are {str(dtype).removeprefix('torch.')}; genzoo models run in "
+                            "float32 or float64 (model.float())")
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p_θ(x) in nats, shape (B,); an empty batch gives an empty (0,) tensor."""
         x = self.flatten_input(x)
@@ -297,6 +308,7 @@ class GenerativeModel(nn.Module):
         leave undefined)."""
         n = _checked_sample_count(n)
         generator = _checked_generator(generator)
+        self._check_precision()
         if n == 0:
             return torch.empty((0, *self.data_shape), dtype=self._dtype(), device=self.device)
         with evaluation_mode(self):

@@ -75,6 +75,9 @@ class _RowBlockLinear(torch.autograd.Function):
     gradients of x, of each block's weights and of b."""
 
     @staticmethod
+    # under CPU autocast the products would run in bfloat16 against float32 weights in backward:
+    # the blocks run in float32 with autocast off (as a dense masked layer's weights would)
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x, bias, block_masks, blocks, *block_weights):
         splits = [_column_split(b) for b in blocks]
         bands = [w[:, full:used] * m[:, full:used] for w, m, (full, used) in zip(block_weights, block_masks, splits)]
@@ -91,6 +94,7 @@ class _RowBlockLinear(torch.autograd.Function):
         return torch.cat(outputs, dim=1)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     @once_differentiable
     def backward(ctx, grad_out):
         x, *block_weights = ctx.saved_tensors

@@ -328,12 +328,13 @@ class InvertibleConv1x1(Transform):
         q, _ = torch.linalg.qr(torch.randn(c, c, generator=generator, dtype=torch.float64))
         p, lower, upper = torch.linalg.lu(q)
         s = torch.diagonal(upper)
-        self.register_buffer("permutation", p.float())
-        self.register_buffer("sign_s", torch.sign(s).float())
+        dtype = torch.get_default_dtype()  # as every other layer's parameters
+        self.register_buffer("permutation", p.to(dtype))
+        self.register_buffer("sign_s", torch.sign(s).to(dtype))
         self.register_buffer("lower_mask", torch.tril(torch.ones(c, c), -1))
-        self.lower = nn.Parameter(torch.tril(lower, -1).float())
-        self.upper = nn.Parameter(torch.triu(upper, 1).float())
-        self.log_s = nn.Parameter(torch.log(s.abs()).float())
+        self.lower = nn.Parameter(torch.tril(lower, -1).to(dtype))
+        self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
+        self.log_s = nn.Parameter(torch.log(s.abs()).to(dtype))
 
     def weight(self) -> torch.Tensor:
         eye = torch.eye(len(self.log_s), dtype=self.log_s.dtype, device=self.log_s.device)

@@ -168,7 +168,7 @@ class ConvCoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, h, w, D_code) → Bernoulli logits, flat (B, D)."""
         logits = self.decoder(z.permute(0, 3, 1, 2))[:, :, : self.height, : self.width]
-        return logits.reshape(len(z), -1)
+        return logits.flatten(1)  # not reshape(B, -1), which an empty batch leaves undefined
 
 
 class MLPCoder(nn.Module):
@@ -178,14 +178,15 @@ class MLPCoder(nn.Module):
         super().__init__()
         D, H, L, Dc = math.prod(data_shape), cfg.hidden_size, cfg.latent_positions, cfg.code_dim
         self.grid = (1, L)
+        self.code_dim = Dc
         self.encoder = nn.Sequential(nn.Linear(D, H), nn.ReLU(), nn.Linear(H, L * Dc))
         self.decoder = nn.Sequential(nn.Linear(L * Dc, H), nn.ReLU(), nn.Linear(H, D))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x).reshape(len(x), *self.grid, -1)
+        return self.encoder(x).reshape(len(x), *self.grid, self.code_dim)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z.reshape(len(z), -1))
+        return self.decoder(z.flatten(1))
 
 
 @register_model("vqvae", VQVAEConfig)

@@ -99,3 +99,20 @@ def test_the_iwae_bound_takes_rows_a_block_at_a_time(monkeypatch):
     with torch.no_grad():
         blocked = model.log_prob(x)
     assert max(seen) == 16 and torch.allclose(blocked, whole, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, shape", [("made", (1, 2, 3)), ("transformer", (1, 2, 3)), ("pixelcnn", (1, 2, 3)),
+                                         ("nade", (1, 2, 3)), ("fvsbn", (1, 2, 3))])
+def test_the_uniform_samplers_take_uniforms_of_any_float_dtype_and_shape(name, shape):
+    """u of another dtype than the model's failed inside a layer; an empty u crashed PixelCNN."""
+    from conftest import tiny_hyperparameters
+
+    model = genzoo.build_model(name, shape, **tiny_hyperparameters(name)).eval()
+    u = torch.rand(5, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = model.sample_naive(u.float())
+    for sampler in (model.sample_naive, model.sample_from_uniforms):
+        assert torch.equal(sampler(u), expected)
+        assert torch.equal(sampler(u.reshape(5, *shape)), expected)
+        assert sampler(u[:0]).shape == (0, 6)
+        with pytest.raises(ValueError, match=r"uniforms have shape \(5, 7\); this model draws \(B, 6\)"):
+            sampler(torch.rand(5, 7))

@@ -14,12 +14,37 @@ tests) go by it rather than by the model's class, since a model may decide per i
 """
 from __future__ import annotations
 
+import functools
+from typing import Any, Callable
+
 import torch
 from torch.nn import functional as F
 
 from genzoo.models.base import GenerativeModel, sampler
 
 __all__ = ["ChainRuleModel", "BernoulliAutoregressive", "CategoricalAutoregressive"]
+
+
+def uniforms_sampler(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A sampler that takes the uniforms u (B, D) fixing its draws (``sample_naive``,
+    ``sample_from_uniforms``): as ``sampler`` (eval mode, no autograd), with u checked (its shape,
+    flat or the data's), moved to the model's device and dtype (another dtype failed inside a layer),
+    and no uniforms giving no samples."""
+
+    @functools.wraps(method)
+    def with_checked_uniforms(self: "ChainRuleModel", u: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if not isinstance(u, torch.Tensor) or not u.is_floating_point():
+            raise TypeError(f"uniforms must be a floating-point tensor, got {getattr(u, 'dtype', type(u).__name__)}")
+        if u.dim() > 2 and tuple(u.shape[1:]) == self.data_shape:
+            u = u.reshape(len(u), self.num_dims)
+        if u.dim() != 2 or u.shape[1] != self.num_dims:
+            raise ValueError(f"uniforms have shape {tuple(u.shape)}; this model draws (B, {self.num_dims})")
+        u = u.to(self.device, self._dtype())
+        if len(u) == 0:
+            return u.new_zeros(0, self.num_dims)
+        return method(self, u, *args, **kwargs)
+
+    return sampler(with_checked_uniforms)
 
 
 class ChainRuleModel(GenerativeModel):
@@ -61,12 +86,12 @@ class ChainRuleModel(GenerativeModel):
         """Draw n samples with the model's fastest exact sampler."""
         return self.unflatten(self.sample_from_uniforms(self.draw_uniforms(n, generator)))
 
-    @sampler
+    @uniforms_sampler
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
         """The fast sampler; models override it. Must equal ``sample_naive(u)``."""
         return self.sample_naive(u)
 
-    @sampler
+    @uniforms_sampler
     def sample_naive(self, u: torch.Tensor) -> torch.Tensor:
         """Reference sampler: one full network pass per dimension (D passes)."""
         x = torch.zeros_like(u)

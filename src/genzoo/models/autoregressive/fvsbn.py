@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from genzoo.models.autoregressive.base import BernoulliAutoregressive
+from genzoo.models.autoregressive.base import BernoulliAutoregressive, uniforms_sampler
 from genzoo.models.autoregressive.orders import OrderName, dimension_order
-from genzoo.models.base import register_model, sampler
+from genzoo.models.base import register_model
 from genzoo.nn import MaskedLinear
 
 __all__ = ["FVSBN", "FVSBNConfig"]
@@ -52,7 +52,7 @@ class FVSBN(BernoulliAutoregressive):
     def conditional_logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
 
-    @sampler
+    @uniforms_sampler
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
         # in generation order the weights are strictly lower triangular: step k needs x_<k only
         weight, bias, u_in_order = self.linear.masked_weight(), self.linear.bias, u

@@ -40,8 +40,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from genzoo.config import require
-from genzoo.models.autoregressive.base import BernoulliAutoregressive
-from genzoo.models.base import register_model, sampler
+from genzoo.models.autoregressive.base import BernoulliAutoregressive, uniforms_sampler
+from genzoo.models.base import register_model
 from genzoo.nn import MaskedLinear, RowBlockMaskedLinear, row_blocks, row_blocks_fraction
 
 __all__ = ["MADE", "MADEConfig", "made_degrees", "made_masks", "made_direct_mask"]
@@ -352,12 +352,12 @@ class MADE(BernoulliAutoregressive):
             x[rows] = sample_one_mask(u[rows], k)
         return x
 
-    @sampler
+    @uniforms_sampler
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
         """Exact samples from the K-mask mixture, each hidden unit computed once."""
         return self._sample_mixture(u, lambda u_k, k: self._sample_one_mask(u_k, self.mask_degrees(k)))
 
-    @sampler
+    @uniforms_sampler
     def sample_naive(self, u: torch.Tensor) -> torch.Tensor:
         """The same mixture sampled with D full passes per mask (the reference)."""
         return self._sample_mixture(u, lambda u_k, k: super(MADE, self).sample_naive(u_k))

@@ -34,8 +34,8 @@ from torch import nn
 from genzoo.config import require
 from genzoo.kernels import threads_for_kernels
 from genzoo.kernels.nade import NADELogitsKernel, NADEMeanNLLKernel, nade_kernel_available, nade_sample_kernel
-from genzoo.models.autoregressive.base import BernoulliAutoregressive
-from genzoo.models.base import register_model, sampler
+from genzoo.models.autoregressive.base import BernoulliAutoregressive, uniforms_sampler
+from genzoo.models.base import register_model
 
 __all__ = ["NADE", "NADEConfig"]
 
@@ -150,7 +150,7 @@ class NADE(BernoulliAutoregressive):
                              "use backend = 'auto' to fall back to PyTorch")
         return False
 
-    @sampler
+    @uniforms_sampler
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
         """x_d = 1[u_d < p(x_d = 1 | x_<d)], updating a_d in place: O(DH) per sample."""
         if self._use_kernel(u, self.W):

@@ -38,8 +38,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from genzoo.config import require
-from genzoo.models.autoregressive.base import CategoricalAutoregressive, ChainRuleModel
-from genzoo.models.base import register_model, sampler
+from genzoo.models.autoregressive.base import CategoricalAutoregressive, ChainRuleModel, uniforms_sampler
+from genzoo.models.base import register_model
 from genzoo.nn.masked_conv import ActivationCache, MaskedConv2d
 
 __all__ = ["PixelCNN", "PixelCNNConfig", "PixelModelConfig", "PixelAutoregressive", "image_size", "pointwise"]
@@ -200,7 +200,7 @@ class PixelAutoregressive(ChainRuleModel):
         """n samples (of class y, for a conditional model) by the cached sampler."""
         return self.unflatten(self.sample_from_uniforms(self.draw_uniforms(n, generator), y))
 
-    @sampler
+    @uniforms_sampler
     def sample_naive(self, u: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Reference sampler: the whole network once per pixel (D passes)."""
         y, u = self._labels_for_sampling(u, y)
@@ -209,7 +209,7 @@ class PixelAutoregressive(ChainRuleModel):
             x[:, d] = self._draw(self._outputs(x, y)[:, d], u[:, d])
         return x
 
-    @sampler
+    @uniforms_sampler
     def sample_from_uniforms(self, u: torch.Tensor, y: torch.Tensor | int | None = None) -> torch.Tensor:
         """Cached generation: each layer computed once per pixel; equals ``sample_naive(u, y)``."""
         y, u = self._labels_for_sampling(u, y)

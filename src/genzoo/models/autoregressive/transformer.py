@@ -34,8 +34,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from genzoo.config import require
-from genzoo.models.autoregressive.base import BernoulliAutoregressive
-from genzoo.models.base import register_model, sampler
+from genzoo.models.autoregressive.base import BernoulliAutoregressive, uniforms_sampler
+from genzoo.models.base import register_model
 
 __all__ = ["Transformer", "TransformerConfig", "KVCache", "CachedVerifier"]
 
@@ -233,7 +233,7 @@ class Transformer(BernoulliAutoregressive):
         """A KV cache for speculative sampling of n samples with γ proposals per round."""
         return CachedVerifier(self, n, gamma)
 
-    @sampler
+    @uniforms_sampler
     def sample_from_uniforms(self, u: torch.Tensor) -> torch.Tensor:
         """KV-cached sampling: one new token per step; equals ``sample_naive(u)``."""
         x = torch.zeros_like(u)

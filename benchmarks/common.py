@@ -154,6 +154,16 @@ def merge_records(path: Path, records: list[dict], key: tuple[str, ...]) -> list
     return merged
 
 
+def stopped_before_its_first_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only what a run killed in its first epoch leaves (config.toml, its
+    metrics): a benchmark then starts it over. A finished run's checkpoints or evaluations are
+    never deleted: a new run there is refused as usual."""
+    from genzoo.training import RunFolder
+
+    run = RunFolder(run_dir)
+    return not (run.last.exists() or run.best.exists() or any(run_dir.glob("eval_*.json")))
+
+
 def fit_or_resume(config, run_dir: Path, device: torch.device, data_dir: str | None,
                   max_seconds: float | None = None, epochs: int | None = None):
     """Train ``config`` in ``run_dir``, or continue the run already there (so that a benchmark cut
@@ -165,8 +175,8 @@ def fit_or_resume(config, run_dir: Path, device: torch.device, data_dir: str | N
         config.train.max_seconds = max_seconds
     if epochs:
         config.train.epochs = epochs
-    # no last.pt: a run stopped before its first checkpoint (or none yet) starts over
-    trainer = Trainer(config, run_dir, device, data_dir, progress=None, overwrite=True)
+    trainer = Trainer(config, run_dir, device, data_dir, progress=None,
+                      overwrite=stopped_before_its_first_checkpoint(Path(run_dir)))
     if trainer.run.last.exists():
         trainer = Trainer.resume(run_dir, device, data_dir, None, epochs=config.train.epochs)
         trainer.config.train.max_seconds = config.train.max_seconds

@@ -27,7 +27,7 @@ import torch
 
 import genzoo.training
 from common import (REPO, add_results_option, at_least, command_line, config_names, default_data_dir,
-                    device_description, merge_records, refuse_unknown_models)
+                    device_description, merge_records, refuse_unknown_models, stopped_before_its_first_checkpoint)
 from genzoo.config import RunConfig, load_run_config
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.registry import load_splits
@@ -57,8 +57,8 @@ def train(model: str, config: RunConfig, with_valid: bool, args: argparse.Namesp
         if (run_dir / "checkpoints" / "last.pt").exists():
             trainer = Trainer.resume(run_dir, device, args.data_dir, None)
         else:
-            # a run stopped before its first checkpoint starts over
-            trainer = Trainer(config, run_dir, device, args.data_dir, progress=None, overwrite=True)
+            trainer = Trainer(config, run_dir, device, args.data_dir, progress=None,
+                              overwrite=stopped_before_its_first_checkpoint(run_dir))
         return trainer.fit()
     finally:
         genzoo.training.make_training_data = original

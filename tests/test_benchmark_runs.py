@@ -85,3 +85,15 @@ def test_a_benchmark_run_stopped_before_its_first_checkpoint_starts_over(tmp_pat
     monkeypatch.setattr(genzoo.training, "evaluate", real_evaluate)
     assert fit_or_resume(tiny_run_config("fvsbn", epochs=2), tmp_path / "run", torch.device("cpu"),
                          None).epochs_completed == 2
+
+
+def test_a_finished_runs_files_are_never_wiped_by_a_benchmark(tmp_path):
+    """Only a run killed in its first epoch starts over: a finished run whose last.pt was removed
+    keeps its best.pt and evaluations, and the new run is refused as usual."""
+    run = tmp_path / "run"
+    fit_or_resume(tiny_run_config("fvsbn", epochs=1), run, torch.device("cpu"), None)
+    (run / "checkpoints" / "last.pt").unlink()
+    (run / "eval_test.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="holds config.toml"):
+        fit_or_resume(tiny_run_config("fvsbn", epochs=1), run, torch.device("cpu"), None)
+    assert (run / "eval_test.json").exists() and (run / "checkpoints" / "best.pt").exists()

@@ -1091,3 +1091,22 @@ def test_the_loss_curve_takes_its_format_from_the_file_name(tmp_path):
     records = [{"epoch": 1, "train_loss": 2.0, "valid_nll": 2.1}, {"epoch": 2, "train_loss": 1.5, "valid_nll": 1.7}]
     assert save_loss_curve(records, tmp_path / "curve.pdf").read_bytes().startswith(b"%PDF")
     assert save_loss_curve(records, tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_checkpoint_from_before_fitted_from_epochs_still_refits_a_larger_budget(tmp_path, monkeypatch):
+    _one_second_epochs(monkeypatch)
+    config = tiny_run_config("fvsbn", epochs=20, lr=0.01, lr_schedule="cosine", max_seconds=5.5,
+                             fit_epochs_to_max_seconds=True)
+    _fit(config, tmp_path / "run")
+    last = RunFolder(tmp_path / "run").last
+    payload = load_checkpoint(last)
+    del payload["fitted_from_epochs"]
+    genzoo.training.save_checkpoint(payload, last)
+    assert Trainer.resume(tmp_path / "run", progress=False, max_seconds=9.5).fit().epochs_completed == 9
+
+
+def test_the_loss_curve_of_an_unknown_suffix_is_a_png(tmp_path):
+    from genzoo.images import save_loss_curve
+
+    records = [{"epoch": 1, "train_loss": 2.0, "valid_nll": 2.1}]
+    assert save_loss_curve(records, tmp_path / "curve.v2").read_bytes().startswith(b"\x89PNG")

@@ -419,3 +419,16 @@ def test_a_budget_that_stops_stage_one_asks_for_more_time_not_epochs(tmp_path):
                      tmp_path / "run", progress=False).fit()
     assert result.stopped_because.startswith("reached max_seconds")
     assert "continue it with --resume and a larger --max-seconds" in result.stopped_because
+
+
+def test_a_finished_two_stage_run_resumed_as_is_does_not_claim_it_ended_early(tmp_path):
+    config = tiny_run_config("vqvae", epochs=3, model_hp=TINY_RUN, batch_size=200)
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    again = Trainer.resume(tmp_path / "run", progress=False).fit()
+    assert "ended before" not in again.stopped_because
+
+
+def test_a_short_plan_stopped_by_its_budget_asks_for_both(tmp_path):
+    result = Trainer(tiny_run_config("vqvae", epochs=2, model_hp={**TINY_RUN, "autoencoder_epochs": 3}, batch_size=200,
+                                     max_seconds=1e-9), tmp_path / "run", progress=False).fit()
+    assert "continue it with --resume and --epochs N (N ≥ 4) and a larger --max-seconds" in result.stopped_because

@@ -83,7 +83,8 @@ def save_loss_curve(records: Sequence[dict], path: str | Path, title: str = "") 
     ax.legend()
     fig.tight_layout()
     try:
-        picture_format = Path(path).suffix.lstrip(".").lower() or "png"  # matplotlib's formats: png, pdf, svg, ...
+        suffix = Path(path).suffix.lstrip(".").lower()  # matplotlib's formats: png, pdf, svg, ...; else png
+        picture_format = suffix if suffix in fig.canvas.get_supported_filetypes() else "png"
         return atomic_write(path, lambda f: fig.savefig(f, dpi=100, format=picture_format))
     finally:
         plt.close(fig)

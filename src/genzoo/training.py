@@ -315,6 +315,15 @@ def run_folder_lock(folder: Path) -> Iterator[None]:
             folder.rmdir()
 
 
+def plan_before_fitting(epoch_plans: Any) -> int | None:
+    """For checkpoints without ``fitted_from_epochs``: the epoch total a run planned before its last
+    plan shortened it, from [(start epoch, total), ...]; None if the last plan is not shorter."""
+    totals = [plan[1] for plan in epoch_plans or [] if isinstance(plan, (list, tuple)) and len(plan) == 2]
+    if len(totals) >= 2 and all(isinstance(t, int) for t in totals[-2:]) and totals[-1] < totals[-2]:
+        return totals[-2]
+    return None
+
+
 def random_states(data_order: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
     """The random streams a resume must continue: the data order, torch's CPU generator and, on a
     GPU, that device's generator (a VAE's training draws and dropout masks come from it there)."""
@@ -407,7 +416,8 @@ class Trainer:
         if config is None:
             raise CheckpointError(f"{run.config} is missing: cannot resume {run_dir}")
         check_config_matches_checkpoint(config, payload, run)
-        fitted_from = payload.get("fitted_from_epochs")
+        # checkpoints from before the field was kept: the last plan shorter than the one before it
+        fitted_from = payload.get("fitted_from_epochs", plan_before_fitting(payload.get("epoch_plans")))
         if (epochs is None and max_seconds is not None and config.train.fit_epochs_to_max_seconds
                 and isinstance(fitted_from, int) and fitted_from > config.train.epochs):
             # config.toml holds the plan fitted to the old budget (1 of 50 epochs, say): a larger
@@ -634,11 +644,12 @@ class Trainer:
             if fitted_from is not None and stopped_because == "completed all epochs":
                 stopped_because = (f"completed all epochs, fitted to max_seconds = {train_cfg.max_seconds:g}: "
                                    f"{train_cfg.epochs} of the {fitted_from} planned")
-        if not model.final_training_stage:  # e.g. a VQ-VAE planned to end before its prior trains
-            more = (f"--epochs N (N ≥ {final_stage})" if train_cfg.epochs < final_stage
-                    else "a larger --max-seconds")
+        if 1 < final_stage and epoch < final_stage:  # e.g. a VQ-VAE planned to end before its prior trains
+            needs = [f"--epochs N (N ≥ {final_stage})"] if train_cfg.epochs < final_stage else []
+            if stopped_because.startswith("reached max_seconds") or not needs:
+                needs.append("a larger --max-seconds")
             stopped_because += (f"; it ended before its last training stage, which starts at epoch {final_stage}: "
-                                f"continue it with --resume and {more}")
+                                f"continue it with --resume and {' and '.join(needs)}")
         self.write_loss_curve()
         # ready to score, as load_model returns it: no dropout, a flow's fixed dequantization noise
         best = model_from_checkpoint(load_checkpoint(self.run.best), self.run.best).to(self.device).eval()

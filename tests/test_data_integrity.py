@@ -116,7 +116,7 @@ def test_amat_files_in_a_read_only_folder_are_used_without_saving_the_npz(tmp_pa
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # the folder cannot take a new file
     loaded = sources.load_binarized_mnist(str(tmp_path))
     assert np.array_equal(loaded["test"].reshape(-1, 784), tiny_binarized_mnist["test"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"binarized_mnist_{s}.amat" for s in tiny_binarized_mnist)

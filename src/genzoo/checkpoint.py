@@ -34,7 +34,6 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     if isinstance(payload.get("model"), dict):
         payload["model_sha256"] = weights_sha256(payload["model"])

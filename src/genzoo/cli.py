@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from genzoo.config import (ConfigError, RunConfig, build_dataclass, field_docs, field_kind, load_run_config,
-                           run_config_from_dict, toml_value, tomllib)
+from genzoo.config import (ConfigError, RunConfig, as_toml_values, build_dataclass, field_docs, field_kind,
+                           load_run_config, run_config_from_dict, toml_value, tomllib)
 from genzoo.data import DATASETS, DataError, load_examples, make_training_data
 from genzoo.data.files import read_numpy_arrays
 from genzoo.data.registry import is_user_file
@@ -286,14 +286,14 @@ def _check_resume_arguments(args: argparse.Namespace, run_dir: Path) -> None:
         for table, entries in load_run_config(args.config).to_dict().items():
             wanted.update({(table, key): (value, f"--config {args.config}") for key, value in entries.items()})
     wanted.update({target: (value, source) for target, value, source in _command_values(args)})
-    run_values = saved.to_dict()
-    run_values["model"] = {"name": saved.model_name, **_with_defaults(saved.model_name, saved.model_hyperparameters)}
-    run_values["model"] = {key: list(v) if isinstance(v, tuple) else v for key, v in run_values["model"].items()}
+    # values compared as TOML reads them back: a tuple is its list
+    run_values = as_toml_values({**saved.to_dict(), "model": {
+        "name": saved.model_name, **_with_defaults(saved.model_name, saved.model_hyperparameters)}})
     # a config file's epochs and max_seconds are the run's own unless they differ: then say how to change them
     changes = [f"{source} sets {table}.{key} = {value!r} (the run's: {run_values[table].get(key)!r})"
                for (table, key), (value, source) in wanted.items()
                if ((table, key) not in _RESUME_KEYS or source.startswith("--config"))
-               and not _same_value((table, key), run_values.get(table, {}).get(key), value)]
+               and not _same_value((table, key), run_values.get(table, {}).get(key), as_toml_values(value))]
     if changes:
         raise ValueError(f"--resume continues {run_dir} as it was configured, but {'; '.join(changes)}; only "
                          "--epochs and --max-seconds can change (start a new run with another --out for the rest)")
@@ -310,9 +310,8 @@ def _with_defaults(model_name: str, hyperparameters: dict[str, object]) -> dict[
 
 
 def _same_value(key: tuple[str, str], run_value: object, value: object) -> bool:
-    """Whether a command's config value is the run's; a data file may be named by another path, a
-    list is its tuple."""
-    if run_value == value or (isinstance(value, list) and run_value == tuple(value)):
+    """Whether a command's config value is the run's; a data file may be named by another path."""
+    if run_value == value:
         return True
     if key == ("data", "name") and isinstance(value, str) and isinstance(run_value, str) and is_user_file(value):
         return Path(value).exists() and Path(run_value).exists() and Path(value).resolve() == Path(run_value).resolve()

@@ -381,6 +381,15 @@ def field_kind(tp: Any) -> str:
     return _type_name(tp)
 
 
+def as_toml_values(value: Any) -> Any:
+    """``value`` as a TOML file gives it back: tuples (a Python caller's ``(32,)``) as lists."""
+    if isinstance(value, dict):
+        return {key: as_toml_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_toml_values(item) for item in value]
+    return value
+
+
 def dump_toml(tables: dict[str, dict[str, Any]]) -> str:
     """Write a dict of flat tables as TOML (None values are left out)."""
     lines: list[str] = []

@@ -9,13 +9,17 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "chmod_if_possible", "naming_the_file", "shared_file_mode"]
+__all__ = ["atomic_write", "atomic_write_text", "give_new_file_mode", "naming_the_file"]
 
 
-def shared_file_mode() -> int:
-    """The mode a new file gets under this process's umask (0o644 under 022). A temporary file is
-    created 0o600, and a rename keeps that: other users of a shared folder could not read it."""
-    return 0o666 & ~_umask()
+def give_new_file_mode(path: str | Path) -> None:
+    """Give ``path`` the mode a new file gets under this process's umask (0o644 under 022): a
+    temporary file is created 0o600, and a rename keeps that, so other users of a shared folder
+    could not read it. A file system without modes (FAT, some network mounts) keeps its own."""
+    try:
+        os.chmod(path, 0o666 & ~_umask())
+    except OSError:
+        pass
 
 
 def _umask() -> int:
@@ -44,7 +48,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        chmod_if_possible(tmp, shared_file_mode())
+        give_new_file_mode(tmp)
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
@@ -64,13 +68,6 @@ def naming_the_file(error: OSError, path: str | Path) -> OSError:
     if error.errno is not None:
         return OSError(error.errno, error.strerror, str(path))
     return OSError(f"{path}: {error}")
-
-
-def chmod_if_possible(path: str | Path, mode: int) -> None:
-    try:
-        os.chmod(path, mode)
-    except OSError:
-        pass  # a file system without modes (FAT, some network mounts): its own rules apply
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

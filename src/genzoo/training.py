@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from genzoo.checkpoint import (CheckpointError, check_resumable, load_checkpoint, load_weights, model_from_checkpoint,
                                save_checkpoint)
-from genzoo.config import RunConfig, TrainConfig, dump_toml, load_run_config, run_config_from_dict
+from genzoo.config import RunConfig, TrainConfig, as_toml_values, dump_toml, load_run_config, run_config_from_dict
 from genzoo.data import TrainingData, make_training_data
 from genzoo.data.download import DataError
 from genzoo.data.registry import is_user_file
@@ -248,15 +248,6 @@ def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LRScheduler, state:
         scheduler._last_lr = lrs
 
 
-def _as_toml_values(value: Any) -> Any:
-    """``value`` as config.toml gives it back: tuples (a Python caller's (32,)) as lists."""
-    if isinstance(value, dict):
-        return {key: _as_toml_values(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_as_toml_values(item) for item in value]
-    return value
-
-
 def check_config_matches_checkpoint(config: RunConfig, payload: dict[str, Any], run: RunFolder) -> None:
     """Refuse a resume whose config.toml says something else than the config last.pt was trained
     with (a file cut short by a full disk reads as defaults; a hand edit would change the run
@@ -265,10 +256,10 @@ def check_config_matches_checkpoint(config: RunConfig, payload: dict[str, Any], 
     if not isinstance(saved, dict):
         return  # check_resumable names what the checkpoint lacks
     try:
-        trained = _as_toml_values(run_config_from_dict(saved, where="checkpoint").to_dict())
+        trained = as_toml_values(run_config_from_dict(saved, where="checkpoint").to_dict())
     except ValueError:
         return
-    current = _as_toml_values(config.to_dict())
+    current = as_toml_values(config.to_dict())
     for table in sorted(set(trained) | set(current)):
         ours, theirs = current.get(table, {}), trained.get(table, {})
         for key in sorted(set(ours) | set(theirs)):

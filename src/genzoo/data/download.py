@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from genzoo.files import chmod_if_possible, shared_file_mode
+from genzoo.files import give_new_file_mode
 from genzoo.paths import user_cache_dir
 
 __all__ = ["DataError", "data_dir", "find_or_download", "sha256_of"]
@@ -67,7 +67,7 @@ def _download(url: str, target: Path, sha256: str) -> None:
         actual = sha256_of(tmp_path)
         if actual != sha256:
             raise DataError(f"the server sent a different file (sha256 {actual}, expected {sha256})")
-        chmod_if_possible(tmp_path, shared_file_mode())
+        give_new_file_mode(tmp_path)
         os.replace(tmp_path, target)
     finally:
         if tmp_path is not None:

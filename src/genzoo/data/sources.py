@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from genzoo.data.download import DataError, data_dir, find_or_download
-from genzoo.files import chmod_if_possible, shared_file_mode
 from genzoo.data.files import read_numpy_arrays
+from genzoo.files import atomic_write
 
 __all__ = ["load_binarized_mnist", "load_mnist", "load_mnist5k", "load_digits",
            "load_mnist_labels", "load_mnist5k_labels", "load_digits_labels"]
@@ -75,18 +73,10 @@ def _check_content(name: str, content: bytes, algorithm: str, expected: str) -> 
 def _save_npz_atomically(path: Path, **arrays: np.ndarray) -> None:
     """Write ``path`` if its folder lets us; a read-only data folder only costs the next load a
     re-parse. Readable by whoever may read the folder; no temporary file is left, even on Ctrl-C."""
-    tmp: Path | None = None
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=".genzoo-", suffix=".npz") as f:
-            tmp = Path(f.name)
-            np.savez_compressed(f, **arrays)
-        chmod_if_possible(tmp, shared_file_mode())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     except OSError:
         pass
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)  # gone already after the rename
 
 
 def _check_binarized_mnist(arrays: dict[str, np.ndarray], where: str) -> None:

@@ -301,6 +301,7 @@ class GenerativeModel(nn.Module):
     def _log_prob(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @sampler
     def sample(self, n: int, generator: torch.Generator | None = None, **options: Any) -> torch.Tensor:
         """``n`` samples, shape (n, *data_shape), drawn from p_θ in either mode: the sampler runs in
         eval mode (no dropout, no batch statistics, no training-step state). ``n = 0`` gives an
@@ -311,8 +312,7 @@ class GenerativeModel(nn.Module):
         self._check_precision()
         if n == 0:
             return torch.empty((0, *self.data_shape), dtype=self._dtype(), device=self.device)
-        with evaluation_mode(self):
-            return self._sample(n, generator, **options)
+        return self._sample(n, generator, **options)
 
     def _sample(self, n: int, generator: torch.Generator | None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

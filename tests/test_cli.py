@@ -9,8 +9,10 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -769,3 +771,64 @@ def test_train_fit_epochs_to_time_reaches_the_config(tmp_path, capsys):
     assert config.train.fit_epochs_to_max_seconds and config.train.epochs < 100000
     assert main(["train", "fvsbn", "--data", "digits", "--fit-epochs-to-time", "--out", str(tmp_path / "r2")]) == 2
     assert "needs a time budget" in _error_line(capsys)
+
+
+# -- SIGTERM (kill, a batch system's preemption) -----------------------------------------------------
+
+
+def test_sigterm_stops_training_like_ctrl_c(tmp_path):
+    """A real SIGTERM to a real `genzoo train`: the run ends in one line that says how to resume
+    (exit status 143), its lock is released and the resume it names trains on."""
+    run = tmp_path / "run"
+    last = RunFolder(run).last
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "genzoo.cli", "train", "made", "--data", "digits", "-p", "hidden_sizes=[8]",
+               "--epochs", "100000", "--quiet", "--out", str(run)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert last.exists(), process.stderr.read() if process.poll() is not None else "no last.pt"
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + 15, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("genzoo: training stopped by SIGTERM")
+    assert f"continue with: genzoo train made --resume --out {run}" in err
+    assert (run / "loss_curve.png").is_file()
+    # the lock went with the process, and the run resumes where it stopped
+    saved = load_checkpoint(last)["epoch"]
+    assert main(["train", "made", "--resume", "--epochs", str(saved + 1), "--quiet", "--out", str(run)]) == 0
+    assert load_checkpoint(last)["epoch"] == saved + 1
+
+
+def test_sigterm_handler_is_restored_after_a_command(trained_run, monkeypatch, capsys):
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminated(*args, **kwargs):
+        assert signal.getsignal(signal.SIGTERM) is not before  # the command's own handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+
+    monkeypatch.setattr(genzoo.cli, "evaluate_with_scores", terminated)
+    assert main(["eval", str(trained_run)]) == 143
+    assert _interrupted_line(capsys) == "genzoo: stopped by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_during_a_checkpoint_write_stays_a_sigterm(tmp_path, monkeypatch):
+    """torch's zip writer turns an exception inside it into a RuntimeError; save_checkpoint gives
+    back the signal's own exception, so the command still exits as SIGTERM."""
+    def cut(*args, **kwargs):
+        try:
+            raise genzoo.cli.Terminated
+        except genzoo.cli.Terminated as stop:
+            raise RuntimeError("unexpected pos") from stop
+
+    monkeypatch.setattr(torch, "save", cut)
+    with pytest.raises(genzoo.cli.Terminated):
+        genzoo.checkpoint.save_checkpoint({"model": {}}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []

@@ -43,8 +43,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
         # torch's zip writer answers a Ctrl-C or a write error (a full disk) inside it with its own
         # RuntimeError ("unexpected pos ..."): report what happened, as one line naming the file
         cause = error.__context__
-        if isinstance(cause, KeyboardInterrupt):
-            raise KeyboardInterrupt from None
+        if isinstance(cause, KeyboardInterrupt):  # SIGTERM's Terminated (a KeyboardInterrupt) stays itself
+            raise cause from None
         if isinstance(cause, OSError):
             raise naming_the_file(cause, path) from None
         raise

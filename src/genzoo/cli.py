@@ -15,9 +15,12 @@ import dataclasses
 import io
 import json
 import math
+import contextlib
 import os
+import signal
 import sys
 import textwrap
+import threading
 import time
 import typing
 from pathlib import Path
@@ -330,8 +333,42 @@ def _resume_changes(args: argparse.Namespace) -> dict[str, object]:
     return {key: value for key, (value, _) in changes.items()}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's preemption or time limit): a command stops as it does on
+    Ctrl-C, so that its temporary files are removed and a training run says how to resume, rather
+    than dying where it stands."""
+
+
 class Interrupted(Exception):
-    """Ctrl-C during a command, with what the user needs to carry on (one line)."""
+    """Ctrl-C or SIGTERM during a command, with what the user needs to carry on (one line)."""
+
+    def __init__(self, message: str, terminated: bool = False):
+        super().__init__(message)
+        self.terminated = terminated
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_stops_like_ctrl_c() -> typing.Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the command runs (main thread only: Python
+    delivers signals there), and restore the previous handler after."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_status(stop: BaseException) -> int:
+    """As a shell reports a command killed by the signal: 128 + 15 (SIGTERM) or 128 + 2 (SIGINT)."""
+    terminated = isinstance(stop, Terminated) or getattr(stop, "terminated", False)
+    return 128 + 15 if terminated else 128 + 2
 
 
 def _budget_option(trainer: Trainer) -> str:
@@ -359,7 +396,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         trainer = Trainer(config, out, device, args.data_dir, progress, overwrite=args.overwrite)
     try:
         result = trainer.fit()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         run = trainer.run
         if run.metrics.exists():
             trainer.write_loss_curve()
@@ -368,7 +405,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
                          f"genzoo train {trainer.config.model_name} --resume --out {run.path}{_budget_option(trainer)}")
         else:
             next_step = f"no epoch was saved yet in {run.path}; start it again with --overwrite"
-        raise Interrupted(f"training interrupted; {next_step}") from None
+        what = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+        raise Interrupted(f"training {what}; {next_step}", terminated=isinstance(stop, Terminated)) from None
     print(
         f"trained {trainer.config.model_name} for {result.epochs_completed} epoch{'' if result.epochs_completed == 1 else 's'} "
         f"({result.stopped_because}) "
@@ -706,13 +744,14 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": _cmd_train, "eval": _cmd_eval, "sample": _cmd_sample, "list": _cmd_list,
                "encode": _cmd_encode, "decode": _cmd_decode, "interpolate": _cmd_interpolate}[args.command]
     try:
-        handler(args)
+        with sigterm_stops_like_ctrl_c():
+            handler(args)
     except Interrupted as interruption:
         print(f"genzoo: {interruption}", file=sys.stderr)
-        return 128 + 2  # as a shell reports a command stopped by Ctrl-C (SIGINT)
-    except KeyboardInterrupt:
-        print("genzoo: interrupted", file=sys.stderr)
-        return 128 + 2
+        return _exit_status(interruption)
+    except KeyboardInterrupt as stop:
+        print(f"genzoo: {'stopped by SIGTERM' if isinstance(stop, Terminated) else 'interrupted'}", file=sys.stderr)
+        return _exit_status(stop)
     except BrokenPipeError:
         # The reader left early (`genzoo list | head`): stop quietly, as Unix tools do, and keep
         # Python from failing again when it flushes stdout at exit.

@@ -90,8 +90,10 @@ def device_description(device: torch.device) -> str:
 def command_line() -> str:
     """The command that ran, with any environment variable that set its thread count in front."""
     settings = [f"{name}={os.environ[name]}" for name in THREAD_VARIABLES if name in os.environ]
-    script = Path(sys.argv[0]).resolve().relative_to(REPO).as_posix()
-    return " ".join([*settings, "python", script, *sys.argv[1:]])
+    script = Path(sys.argv[0]).resolve()
+    if script.is_relative_to(REPO):  # else run from elsewhere (a test runner, a copy): its full path
+        script = script.relative_to(REPO)
+    return " ".join([*settings, "python", script.as_posix(), *sys.argv[1:]])
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

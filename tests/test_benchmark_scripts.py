@@ -163,6 +163,16 @@ def test_the_command_names_an_environment_that_set_the_thread_count(monkeypatch)
     assert common.command_line() == "OMP_NUM_THREADS=1 python benchmarks/binarized_mnist.py --models fvsbn"
 
 
+def test_the_command_of_a_script_outside_the_repository_is_its_full_path(monkeypatch, tmp_path):
+    """A benchmark's main() called by a test runner installed outside the repository (or a copied
+    script) used to fail with relative_to's ValueError before training anything."""
+    outside = tmp_path / "runner.py"
+    monkeypatch.setattr(sys, "argv", [str(outside), "--models", "fvsbn"])
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert common.command_line() == f"python {outside.resolve().as_posix()} --models fvsbn"
+
+
 # -- flows' records name their protocol ------------------------------------------------------------
 
 @pytest.mark.parametrize("data_kind, dequantization, expected", [

@@ -6,6 +6,7 @@ model is covered automatically; ``TINY`` only supplies small hyperparameters for
 """
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,18 @@ from genzoo.config import DataConfig, RunConfig, TrainConfig
 # The suite's tensors are tiny: one intra-op thread avoids OpenMP hand-off overhead, which on a
 # small (2-core) machine makes a 64x48 matmul ~200x slower than it needs to be.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_random_state():
+    """Each test starts from the same global random state, whatever ran before it: a test that
+    draws without its own generator (an unseeded initialization) then gives the same result in
+    any order, under ``-k`` or ``-x``, and for any PYTHONHASHSEED."""
+    random.seed(0)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    yield
+
 
 #: offline MNIST copies (optional): tests that need them skip when the folder is absent
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -15,6 +15,7 @@ import torch
 from scipy import stats
 
 import genzoo
+import genzoo.training
 from genzoo.config import DataConfig, RunConfig, TrainConfig
 
 # The suite's tensors are tiny: one intra-op thread avoids OpenMP hand-off overhead, which on a
@@ -198,3 +199,29 @@ def outcome_chisquare_p_value(outcomes: torch.Tensor, probabilities: torch.Tenso
         expected = np.append(expected[~small], expected[small].sum())
     expected *= observed.sum() / expected.sum()
     return float(stats.chisquare(observed, expected).pvalue)
+
+
+def one_second_epochs(monkeypatch) -> None:
+    """A fake clock on which every training epoch takes exactly one second (for the time budget)."""
+    clock = [0.0]
+    monkeypatch.setattr(genzoo.training.time, "perf_counter", lambda: clock[0])
+    train_one_epoch = genzoo.training.Trainer._train_one_epoch
+
+    def timed(self, *args, **kwargs):
+        loss = train_one_epoch(self, *args, **kwargs)
+        clock[0] += 1.0
+        return loss
+
+    monkeypatch.setattr(genzoo.training.Trainer, "_train_one_epoch", timed)
+
+
+def quantizer_with(codebook: torch.Tensor, **kwargs):
+    """A float64 VectorQuantizer whose codebook (and EMA sums) start at ``codebook``."""
+    from genzoo.nn.quantizer import VectorQuantizer
+
+    q = VectorQuantizer(*codebook.shape, **kwargs).double()
+    with torch.no_grad():
+        q.codebook.copy_(codebook)
+        if q.ema:
+            q.ema_sum.copy_(codebook)
+    return q

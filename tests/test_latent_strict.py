@@ -17,7 +17,7 @@ from scipy import stats
 from torch.nn import functional as F
 
 import genzoo
-from conftest import all_binary, outcome_chisquare_p_value, randomize
+from conftest import all_binary, outcome_chisquare_p_value, quantizer_with, randomize
 from genzoo.models.latent.bounds import (
     bernoulli_log_prob,
     discretized_logistic_log_prob,
@@ -28,7 +28,7 @@ from genzoo.models.latent.bounds import (
 )
 from genzoo.models.latent.gumbel_vae import gumbel_noise, gumbel_softmax
 from genzoo.models.latent.vae import mlp
-from genzoo.nn.quantizer import VectorQuantizer
+
 
 N_DIMS = 5
 
@@ -346,19 +346,10 @@ def test_gumbel_prior_draws_every_category_uniformly():
 # -- the vector quantizer ------------------------------------------------------------------------------
 
 
-def _quantizer(codebook: torch.Tensor, **kwargs) -> VectorQuantizer:
-    q = VectorQuantizer(*codebook.shape, **kwargs).double()
-    with torch.no_grad():
-        q.codebook.copy_(codebook)
-        if q.ema:
-            q.ema_sum.copy_(codebook)
-    return q
-
-
 def test_commitment_moves_only_the_encoder_and_the_codebook_loss_only_the_codes():
     """β‖z_e − sg(e)‖² has no gradient into the codebook; ‖sg(z_e) − e‖² none into the encoder."""
     gen = torch.Generator().manual_seed(0)
-    q = _quantizer(torch.randn(4, 2, generator=gen, dtype=torch.float64), ema=False)
+    q = quantizer_with(torch.randn(4, 2, generator=gen, dtype=torch.float64), ema=False)
     z = torch.randn(6, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     out = q(z)
     codes = q.codebook.detach()[out.indices]
@@ -378,7 +369,7 @@ def test_ema_update_follows_the_formula_with_laplace_smoothing():
     so that the smoothing is visible."""
     codebook = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 5.0]], dtype=torch.float64)
     decay, eps = 0.8, 0.5
-    q = _quantizer(codebook, ema=True, decay=decay, epsilon=eps, dead_code_steps=0)
+    q = quantizer_with(codebook, ema=True, decay=decay, epsilon=eps, dead_code_steps=0)
     z = torch.tensor([[1.0, 2.0], [0.5, -1.0], [9.0, 12.0], [11.0, 7.0], [12.0, 11.0]], dtype=torch.float64)
     indices = torch.tensor([0, 0, 1, 1, 1])
     q.update(z, indices)
@@ -393,7 +384,7 @@ def test_ema_update_follows_the_formula_with_laplace_smoothing():
 
 
 def test_a_code_chosen_once_is_not_dead_and_usage_is_counted():
-    q = _quantizer(torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]], dtype=torch.float64),
+    q = quantizer_with(torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]], dtype=torch.float64),
                    ema=True, decay=0.5, dead_code_steps=5)
     z = torch.tensor([[0.1, 0.0], [0.0, 0.2], [5.0, 5.1]], dtype=torch.float64)
     for _ in range(3):

@@ -14,7 +14,7 @@ from PIL import Image
 
 import genzoo
 import genzoo.training
-from conftest import tiny_run_config
+from conftest import one_second_epochs, tiny_run_config
 from genzoo.checkpoint import CheckpointError, load_checkpoint
 from genzoo.config import ConfigError, TrainConfig, load_run_config
 from genzoo.data import DataError
@@ -856,22 +856,8 @@ def test_adam_eps_reaches_the_optimizer():
 # -- fitting the planned epochs to the time budget -------------------------------------------------
 
 
-def _one_second_epochs(monkeypatch):
-    """A fake clock on which every training epoch takes exactly one second."""
-    clock = [0.0]
-    monkeypatch.setattr(genzoo.training.time, "perf_counter", lambda: clock[0])
-    train_one_epoch = Trainer._train_one_epoch
-
-    def timed(self, *args, **kwargs):
-        loss = train_one_epoch(self, *args, **kwargs)
-        clock[0] += 1.0
-        return loss
-
-    monkeypatch.setattr(Trainer, "_train_one_epoch", timed)
-
-
 def test_fitting_shortens_the_plan_so_the_cosine_schedule_ends_in_time(tmp_path, monkeypatch):
-    _one_second_epochs(monkeypatch)
+    one_second_epochs(monkeypatch)
     config = tiny_run_config("fvsbn", epochs=20, lr=0.01, lr_schedule="cosine", max_seconds=5.5,
                              fit_epochs_to_max_seconds=True)
     result = _fit(config, tmp_path / "run")
@@ -891,7 +877,7 @@ def test_fitting_shortens_the_plan_so_the_cosine_schedule_ends_in_time(tmp_path,
 def test_a_larger_budget_on_resume_is_fitted_from_the_plan_before_fitting(tmp_path, monkeypatch):
     """config.toml keeps the fitted plan (5 of 20); a resume with a larger --max-seconds and no
     --epochs used to train nothing ("completed all epochs"). It fits the new budget from the 20."""
-    _one_second_epochs(monkeypatch)
+    one_second_epochs(monkeypatch)
     config = tiny_run_config("fvsbn", epochs=20, lr=0.01, lr_schedule="cosine", max_seconds=5.5,
                              fit_epochs_to_max_seconds=True)
     _fit(config, tmp_path / "run")
@@ -904,7 +890,7 @@ def test_a_larger_budget_on_resume_is_fitted_from_the_plan_before_fitting(tmp_pa
 
 
 def test_without_fitting_the_budget_cuts_the_schedule_part_way(tmp_path, monkeypatch):
-    _one_second_epochs(monkeypatch)
+    one_second_epochs(monkeypatch)
     config = tiny_run_config("fvsbn", epochs=20, lr=0.01, lr_schedule="cosine", max_seconds=5.5)
     result = _fit(config, tmp_path / "run")
     assert result.epochs_completed == 6 and result.stopped_because == "reached max_seconds = 5.5"
@@ -991,13 +977,13 @@ def test_patience_counts_from_the_last_validation_across_a_resume(tmp_path, monk
     """eval_every = 2 and a time budget that ends at epoch 5 (validated off the schedule): the
     resumed run counted epoch 5 twice and stopped at epoch 6, two epochs after its best, with
     patience 3."""
-    _one_second_epochs(monkeypatch)
+    one_second_epochs(monkeypatch)
     nlls = [9.0, 8.0, 8.5, 8.6, 8.7, 8.8]  # validations at epochs 2, 4, 5 (budget), then 6, 8, ...
     config = dict(epochs=12, eval_every=2, patience=3)
     _scripted_validation(monkeypatch, nlls[:3])
     _fit(tiny_run_config("fvsbn", max_seconds=5, **config), tmp_path / "run")
     monkeypatch.undo()
-    _one_second_epochs(monkeypatch)
+    one_second_epochs(monkeypatch)
     _scripted_validation(monkeypatch, nlls[3:])
     result = Trainer.resume(tmp_path / "run", progress=False, max_seconds=1000).fit()
     # best at epoch 4; the epochs without a better one are counted once each: 5, then 6 (2 in
@@ -1039,7 +1025,7 @@ def test_gradient_clipping_bounds_the_norm_adam_steps_with(tmp_path, monkeypatch
 def test_a_plan_cut_with_epochs_is_not_brought_back_by_a_larger_budget(tmp_path, monkeypatch):
     """Only a plan a time fit shortened is refitted from the one before it: --epochs 2 after a
     5-epoch plan is the user's, and a later --max-seconds alone used to restore the 5."""
-    _one_second_epochs(monkeypatch)
+    one_second_epochs(monkeypatch)
     config = tiny_run_config("fvsbn", epochs=5, max_seconds=1000, fit_epochs_to_max_seconds=True)
     _crash_at_validation(monkeypatch, 2)
     with pytest.raises(_Crash):
@@ -1094,7 +1080,7 @@ def test_the_loss_curve_takes_its_format_from_the_file_name(tmp_path):
 
 
 def test_a_checkpoint_from_before_fitted_from_epochs_still_refits_a_larger_budget(tmp_path, monkeypatch):
-    _one_second_epochs(monkeypatch)
+    one_second_epochs(monkeypatch)
     config = tiny_run_config("fvsbn", epochs=20, lr=0.01, lr_schedule="cosine", max_seconds=5.5,
                              fit_epochs_to_max_seconds=True)
     _fit(config, tmp_path / "run")

@@ -11,7 +11,7 @@ import torch
 
 import genzoo
 import genzoo.training
-from conftest import tiny_run_config
+from conftest import one_second_epochs, tiny_run_config
 from genzoo.checkpoint import CheckpointError, load_checkpoint
 from genzoo.config import dump_toml, load_run_config
 from genzoo.training import RunFolder, Trainer, cosine_factor, plan_before_fitting, weight_l1_norm
@@ -172,24 +172,10 @@ def test_previous_validation_epoch_is_the_last_scheduled_validation_before_an_ep
             assert previous_validation_epoch(epoch, config) == expected, (every, epoch)
 
 
-def _one_second_epochs(monkeypatch):
-    """A fake clock on which every training epoch takes exactly one second."""
-    clock = [0.0]
-    monkeypatch.setattr(genzoo.training.time, "perf_counter", lambda: clock[0])
-    train_one_epoch = Trainer._train_one_epoch
-
-    def timed(self, *args, **kwargs):
-        loss = train_one_epoch(self, *args, **kwargs)
-        clock[0] += 1.0
-        return loss
-
-    monkeypatch.setattr(Trainer, "_train_one_epoch", timed)
-
-
 def test_a_larger_budget_refits_from_the_plan_before_fitting_only_when_that_plan_is_longer(tmp_path, monkeypatch):
     """A run fitted to 3 of 8 epochs whose config.toml was then given 12 (an edit a resume allows):
     a resume with a larger budget fits from the 12 the user set, not from the 8 before the fit."""
-    _one_second_epochs(monkeypatch)
+    one_second_epochs(monkeypatch)
     config = tiny_run_config("fvsbn", epochs=8, batch_size=500, max_seconds=3.5, fit_epochs_to_max_seconds=True)
     run_dir = tmp_path / "run"
     first = _fit(config, run_dir)
@@ -346,7 +332,7 @@ def test_resuming_a_run_that_finished_out_of_time_in_its_last_epoch_says_it_comp
 def test_a_run_stops_when_its_training_time_reaches_max_seconds_exactly(tmp_path, monkeypatch):
     """max_seconds is the training time allowed: at 3 s of one-second epochs the run stops after
     epoch 3 (it used to be read as "more than" by no test)."""
-    _one_second_epochs(monkeypatch)
+    one_second_epochs(monkeypatch)
     result = _fit(tiny_run_config("fvsbn", epochs=10, batch_size=500, max_seconds=3), tmp_path / "run")
     assert result.epochs_completed == 3 and result.stopped_because == "reached max_seconds = 3"
 
@@ -399,7 +385,7 @@ def test_a_resume_at_the_stage_switch_still_restarts_the_best_model(tmp_path, mo
 def test_fitting_to_the_time_budget_never_plans_away_the_last_stage(tmp_path, monkeypatch):
     """1.5 s fit one one-second epoch, but the prior's stage starts at epoch 3: the fitted plan keeps
     it (3 epochs), and the budget then stops the run, which says it ended before that stage."""
-    _one_second_epochs(monkeypatch)
+    one_second_epochs(monkeypatch)
     config = tiny_run_config("vqvae", epochs=6, model_hp=VQVAE, batch_size=500, max_seconds=1.5,
                              fit_epochs_to_max_seconds=True)
     result = _fit(config, tmp_path / "run")

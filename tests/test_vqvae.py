@@ -12,13 +12,13 @@ import torch
 from torch.nn import functional as F
 
 import genzoo
-from conftest import all_binary, randomize, tiny_run_config
+from conftest import all_binary, quantizer_with, randomize, tiny_run_config
 from genzoo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from genzoo.cli import main
 from genzoo.config import ConfigError, TrainConfig, build_dataclass, load_run_config
 from genzoo.data.download import DataError
 from genzoo.models.latent.vqvae import VQVAE, bits_to_codes, codes_to_bits
-from genzoo.nn.quantizer import VectorQuantizer, perplexity
+from genzoo.nn.quantizer import perplexity
 from genzoo.training import RunFolder, Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -26,15 +26,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: a small MLP VQ-VAE for trainer runs on digits (fast: the data set has 1437 training images)
 TINY_RUN = {"architecture": "mlp", "hidden_size": 32, "latent_positions": 4, "num_codes": 8, "code_dim": 4,
             "prior_hidden_sizes": [16], "dead_code_steps": 5, "autoencoder_epochs": 2}
-
-
-def quantizer_with(codebook: torch.Tensor, **kwargs) -> VectorQuantizer:
-    q = VectorQuantizer(*codebook.shape, **kwargs).double()
-    with torch.no_grad():
-        q.codebook.copy_(codebook)
-        if q.ema:
-            q.ema_sum.copy_(codebook)
-    return q
 
 
 # -- the quantizer ------------------------------------------------------------------------------

@@ -225,3 +225,17 @@ def quantizer_with(codebook: torch.Tensor, **kwargs):
         if q.ema:
             q.ema_sum.copy_(codebook)
     return q
+
+
+def last_checkpoint_epochs(monkeypatch) -> list[int]:
+    """The epochs at which the trainer writes checkpoints/last.pt (a list that fills as it runs)."""
+    written: list[int] = []
+    real_save = genzoo.training.save_checkpoint
+
+    def recording_save(payload, path):
+        if path.name == "last.pt":
+            written.append(payload["epoch"])
+        real_save(payload, path)
+
+    monkeypatch.setattr(genzoo.training, "save_checkpoint", recording_save)
+    return written

@@ -14,7 +14,7 @@ from PIL import Image
 
 import genzoo
 import genzoo.training
-from conftest import one_second_epochs, tiny_run_config
+from conftest import last_checkpoint_epochs, one_second_epochs, tiny_run_config
 from genzoo.checkpoint import CheckpointError, load_checkpoint
 from genzoo.config import ConfigError, TrainConfig, load_run_config
 from genzoo.data import DataError
@@ -186,23 +186,9 @@ def test_resume_after_a_crash_mid_epoch_is_exact(tmp_path, monkeypatch):
     assert _untimed(RunFolder(run_a).read_metrics()) == _untimed(RunFolder(run_b).read_metrics())
 
 
-def _last_checkpoint_epochs(monkeypatch):
-    """The epochs at which the trainer writes checkpoints/last.pt (a list that fills as it runs)."""
-    written = []
-    real_save = genzoo.training.save_checkpoint
-
-    def recording_save(payload, path):
-        if path.name == "last.pt":
-            written.append(payload["epoch"])
-        real_save(payload, path)
-
-    monkeypatch.setattr(genzoo.training, "save_checkpoint", recording_save)
-    return written
-
-
 @pytest.mark.parametrize("epochs, every, expected", [(5, 2, [2, 4, 5]), (6, 3, [3, 6]), (3, 1, [1, 2, 3]), (2, 5, [2])])
 def test_checkpoint_every_writes_last_on_its_schedule_and_at_the_end(tmp_path, monkeypatch, epochs, every, expected):
-    written = _last_checkpoint_epochs(monkeypatch)
+    written = last_checkpoint_epochs(monkeypatch)
     _scripted_validation(monkeypatch, [5.0] + [6.0] * 9)  # one best, at epoch 1
     _fit(tiny_run_config("fvsbn", epochs=epochs, checkpoint_every=every), tmp_path / "run")
     assert written == sorted({1} | set(expected))  # and with each new best
@@ -224,7 +210,7 @@ def test_a_new_best_also_writes_last_so_a_resume_never_redoes_the_best_epoch(tmp
     """With checkpoint_every = 3, best.pt of epoch 4 outlived a crash at epoch 5 whose last.pt was
     of epoch 3: a resume on a stretched plan redid epoch 4 differently, and best.pt stayed a model
     of a discarded epoch."""
-    written = _last_checkpoint_epochs(monkeypatch)
+    written = last_checkpoint_epochs(monkeypatch)
     _scripted_validation(monkeypatch, [10.0, 11.0, 12.0, 9.0, 13.0, 14.0])
     result = _fit(tiny_run_config("fvsbn", epochs=6, checkpoint_every=3), tmp_path / "run")
     assert written == [1, 3, 4, 6] and result.best_epoch == 4
@@ -232,7 +218,7 @@ def test_a_new_best_also_writes_last_so_a_resume_never_redoes_the_best_epoch(tmp
 
 
 def test_checkpoint_every_writes_last_when_a_run_stops_early(tmp_path, monkeypatch):
-    written = _last_checkpoint_epochs(monkeypatch)
+    written = last_checkpoint_epochs(monkeypatch)
     result = _fit(tiny_run_config("fvsbn", epochs=10, checkpoint_every=4, max_seconds=1e-9), tmp_path / "run")
     assert result.stopped_because.startswith("reached max_seconds") and written == [1]
 

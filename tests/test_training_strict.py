@@ -11,7 +11,7 @@ import torch
 
 import genzoo
 import genzoo.training
-from conftest import one_second_epochs, tiny_run_config
+from conftest import last_checkpoint_epochs, one_second_epochs, tiny_run_config
 from genzoo.checkpoint import CheckpointError, load_checkpoint
 from genzoo.config import dump_toml, load_run_config
 from genzoo.training import RunFolder, Trainer, cosine_factor, plan_before_fitting, weight_l1_norm
@@ -205,24 +205,11 @@ def _scripted_validation(monkeypatch, nlls: list[float]) -> None:
     monkeypatch.setattr(genzoo.training, "evaluate", scripted)
 
 
-def _last_checkpoint_epochs(monkeypatch) -> list[int]:
-    written = []
-    real_save = genzoo.training.save_checkpoint
-
-    def recording_save(payload, path):
-        if path.name == "last.pt":
-            written.append(payload["epoch"])
-        real_save(payload, path)
-
-    monkeypatch.setattr(genzoo.training, "save_checkpoint", recording_save)
-    return written
-
-
 def test_a_run_stopped_by_patience_between_checkpoints_writes_last_at_its_stop(tmp_path, monkeypatch):
     """checkpoint_every = 4, best at epoch 1, patience 2: the run stops after epoch 3, which is
     neither a new best nor on the checkpoint schedule; last.pt must still be of epoch 3, or a
     resume would redo epochs 2 and 3 and their metrics would be dropped."""
-    written = _last_checkpoint_epochs(monkeypatch)
+    written = last_checkpoint_epochs(monkeypatch)
     _scripted_validation(monkeypatch, [5.0, 6.0, 7.0])
     result = _fit(tiny_run_config("fvsbn", epochs=10, batch_size=500, checkpoint_every=4, patience=2), tmp_path / "run")
     assert result.epochs_completed == 3 and result.stopped_because == "no better validation NLL in 2 epochs"

@@ -85,7 +85,7 @@ def _checked_data_shape(data_shape: Any) -> tuple[int, ...]:
     ``ValueError``: a zero or negative size, a float or a string would otherwise surface as a
     torch error (or, for a zero, as a model of no dimensions) somewhere inside a model's layers."""
     problem = ValueError(f"data_shape must be a tuple of positive integers, got {data_shape!r}")
-    if isinstance(data_shape, (str, bytes)):
+    if isinstance(data_shape, (str, bytes, bytearray, memoryview)):
         raise problem
     if _as_int(data_shape) is not None:
         data_shape = (data_shape,)

@@ -577,6 +577,19 @@ def test_a_value_set_by_both_p_and_its_option_is_refused(tmp_path, capsys, param
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("first, second, key", [
+    ("train.epochs=1", "train.epochs=2", "train.epochs"),
+    ("train.lr=1e-3", "train.lr=1e-2", "train.lr"),
+    ("hidden_sizes=[8]", "model.hidden_sizes=[9]", "model.hidden_sizes"),  # one key, two spellings
+])
+def test_a_key_given_twice_by_p_is_refused(tmp_path, capsys, first, second, key):
+    """-p k=1 -p k=2 is a slip, not a choice of the last value (a resume refused it already)."""
+    out = tmp_path / "run"
+    assert main(["train", "made", "--data", "digits", "-p", first, "-p", second, "--out", str(out), "--quiet"]) == 2
+    assert f"{key} is set twice, by -p " in _error_line(capsys)
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("command, message", [
     (["eval", "RUN", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
     (["encode", "RUN", "--batch-size", "-1", "--out", "z.npy"], "argument --batch-size: must be at least 1, got -1"),

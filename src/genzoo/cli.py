@@ -251,11 +251,16 @@ def _command_values(args: argparse.Namespace) -> list[tuple[tuple[str, str], obj
     """((table, key), value, source) for each config value train's command line sets: the -p values
     in order, then the options. A key set by both is refused: the option would silently win over
     -p (whose value then goes unchecked)."""
-    given = [(_param_target(key), value, f"-p {key}") for key, value in args.param]
-    by_param = {target: source for target, _, source in given}
+    given, by_param = [], {}
+    for key, value in args.param:
+        target = _param_target(key)
+        if target in by_param:  # -p k=1 -p k=2: a slip, not a choice of the last
+            raise ConfigError(f"{target[0]}.{target[1]} is set twice, by {by_param[target]} and by -p {key}; keep one")
+        by_param[target] = f"-p {key}"
+        given.append((target, value, f"-p {key}"))
     for option, (table, key, value) in _options_given(args).items():
         if (table, key) in by_param:
-            raise ConfigError(f"{table}.{key} is set twice, by {by_param[(table, key)]}=... and by {option}; keep one")
+            raise ConfigError(f"{table}.{key} is set twice, by {by_param[(table, key)]} and by {option}; keep one")
         given.append(((table, key), value, option))
     return given
 
@@ -323,14 +328,8 @@ def _same_value(key: tuple[str, str], run_value: object, value: object) -> bool:
 
 def _resume_changes(args: argparse.Namespace) -> dict[str, object]:
     """The new epochs and max_seconds that a --resume command gives, by option or by -p train.KEY=..."""
-    changes: dict[str, tuple[object, str]] = {}
-    for (table, key), value, source in _command_values(args):
-        if (table, key) not in _RESUME_KEYS:
-            continue
-        if key in changes:
-            raise ConfigError(f"{table}.{key} is set twice, by {changes[key][1]} and by {source}; keep one")
-        changes[key] = (value, source)
-    return {key: value for key, (value, _) in changes.items()}
+    # each key comes at most once: _command_values refuses one set twice
+    return {key: value for (table, key), value, _ in _command_values(args) if (table, key) in _RESUME_KEYS}
 
 
 class Terminated(KeyboardInterrupt):

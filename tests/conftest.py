@@ -7,6 +7,7 @@ model is covered automatically; ``TINY`` only supplies small hyperparameters for
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -239,3 +240,30 @@ def last_checkpoint_epochs(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(genzoo.training, "save_checkpoint", recording_save)
     return written
+
+
+def cli_error_line(capsys) -> str:
+    """The one line ``genzoo: error: ...`` a refused command printed to stderr (no traceback)."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("genzoo: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """`genzoo train made --data digits --epochs 2 -p hidden_sizes=[32] --out RUN --quiet`, once a module."""
+    from genzoo.cli import main
+
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "made", "--data", "digits", "--epochs", "2", "-p", "hidden_sizes=[32]",
+                 "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """A private copy of the trained run, for tests that change it."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    return copy

@@ -8,7 +8,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,38 +20,12 @@ import torch
 from PIL import Image
 
 import genzoo
+from conftest import cli_error_line
 from genzoo.checkpoint import load_checkpoint, model_from_checkpoint
 from genzoo.cli import main
 from genzoo.config import load_run_config, tomllib
 from genzoo.evaluation import evaluate
 from genzoo.training import RunFolder
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    """`genzoo train made --data digits --epochs 2 -p hidden_sizes=[32] --out RUN --quiet`, once."""
-    run = tmp_path_factory.mktemp("cli") / "run"
-    code = main(["train", "made", "--data", "digits", "--epochs", "2", "-p", "hidden_sizes=[32]",
-                 "--out", str(run), "--quiet"])
-    assert code == 0
-    return run
-
-
-@pytest.fixture
-def run_copy(trained_run, tmp_path) -> Path:
-    """A private copy of the trained run, for tests that change it."""
-    copy = tmp_path / "run"
-    shutil.copytree(trained_run, copy)
-    return copy
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {err!r}"
-    assert lines[0].startswith("genzoo: error: ")
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # -- train --------------------------------------------------------------------------------------------
@@ -199,13 +172,13 @@ def test_eval_input_refuses_a_file_that_does_not_fit_the_model(trained_run, tmp_
     for name, (array, message) in cases.items():
         np.save(tmp_path / name, array)
         assert main(["eval", str(trained_run), "--input", str(tmp_path / name), "--batch-size", "2"]) == 2
-        line = _error_line(capsys)
+        line = cli_error_line(capsys)
         assert name in line and message in line, line
     np.savez(tmp_path / "two.npz", a=flat, b=flat)
     assert main(["eval", str(trained_run), "--input", str(tmp_path / "two.npz")]) == 2
-    assert "expected a single array" in _error_line(capsys)
+    assert "expected a single array" in cli_error_line(capsys)
     assert main(["eval", str(trained_run), "--input", str(path), "--scores", str(tmp_path / "s.txt")]) == 2
-    assert "use a .npy or .csv file" in _error_line(capsys)
+    assert "use a .npy or .csv file" in cli_error_line(capsys)
     assert not (trained_run / "eval_input-eight_bit.npy.json").exists()
 
 
@@ -233,20 +206,20 @@ def test_import_genzoo_stays_light():
 
 def test_eval_of_a_missing_run(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "no-such-run")]) == 2
-    line = _error_line(capsys)
+    line = cli_error_line(capsys)
     assert "no-such-run" in line and "does not exist" in line
 
 
 def test_eval_of_a_corrupt_checkpoint(run_copy, capsys):
     RunFolder(run_copy).best.write_bytes(b"\x00garbage" * 64)
     assert main(["eval", str(run_copy)]) == 2
-    assert "corrupt" in _error_line(capsys)
+    assert "corrupt" in cli_error_line(capsys)
 
 
 def test_eval_of_a_run_without_checkpoints(tmp_path, capsys):
     (tmp_path / "empty-run").mkdir()
     assert main(["eval", str(tmp_path / "empty-run")]) == 2
-    assert "does not exist" in _error_line(capsys)
+    assert "does not exist" in cli_error_line(capsys)
 
 
 # -- sample -------------------------------------------------------------------------------------------
@@ -294,7 +267,7 @@ def test_sample_in_batches_draws_the_batches_from_one_seeded_stream(trained_run,
     assert np.array_equal(np.load(png.with_suffix(".npy")), whole.numpy().astype(np.uint8))
     capsys.readouterr()
     assert main(["sample", str(trained_run), "-n", "5", "--batch-size", "0", "--out", str(png)]) == 2
-    assert "--batch-size must be at least 1" in _error_line(capsys)
+    assert "--batch-size must be at least 1" in cli_error_line(capsys)
 
 
 def test_sample_defaults_to_the_run_folder(run_copy):
@@ -305,7 +278,7 @@ def test_sample_defaults_to_the_run_folder(run_copy):
 
 def test_sample_needs_at_least_one(trained_run, tmp_path, capsys):
     assert main(["sample", str(trained_run), "-n", "0", "--out", str(tmp_path / "x.png")]) == 2
-    assert "-n must be at least 1" in _error_line(capsys)
+    assert "-n must be at least 1" in cli_error_line(capsys)
 
 
 # -- list ---------------------------------------------------------------------------------------------
@@ -383,7 +356,7 @@ def test_every_hyperparameter_has_a_doc_comment(name):
 
 def test_list_an_unknown_model(capsys):
     assert main(["list", "gpt"]) == 2
-    line = _error_line(capsys)
+    line = cli_error_line(capsys)
     assert "unknown model 'gpt'" in line and "fvsbn" in line
 
 
@@ -409,27 +382,27 @@ def test_genzoo_list_piped_into_head_prints_no_traceback():
 
 def test_unknown_model(tmp_path, capsys):
     assert main(["train", "gpt", "--data", "digits", "--out", str(tmp_path / "run")]) == 2
-    line = _error_line(capsys)
+    line = cli_error_line(capsys)
     assert "unknown model 'gpt'" in line and "made" in line
     assert not (tmp_path / "run").exists()
 
 
 def test_unknown_dataset(tmp_path, capsys):
     assert main(["train", "made", "--data", "cifar", "--out", str(tmp_path / "run"), "--quiet"]) == 2
-    assert "unknown data set 'cifar'" in _error_line(capsys)
+    assert "unknown data set 'cifar'" in cli_error_line(capsys)
 
 
 def test_unknown_param(tmp_path, capsys):
     assert main(["train", "made", "--data", "digits", "-p", "hiden_sizes=[8]", "--out", str(tmp_path / "run"),
                  "--quiet"]) == 2
-    assert "unknown key 'hiden_sizes'" in _error_line(capsys)
+    assert "unknown key 'hiden_sizes'" in cli_error_line(capsys)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_bad_param_value(tmp_path, capsys):
     assert main(["train", "made", "--data", "digits", "-p", "num_masks=0", "--out", str(tmp_path / "run"),
                  "--quiet"]) == 2
-    assert "num_masks" in _error_line(capsys)
+    assert "num_masks" in cli_error_line(capsys)
 
 
 def test_params_reach_the_train_and_data_tables(tmp_path):
@@ -448,7 +421,7 @@ def test_params_reach_the_train_and_data_tables(tmp_path):
 ])
 def test_bad_table_params_are_refused(tmp_path, capsys, param, message):
     assert main(["train", "fvsbn", "--data", "digits", "-p", param, "--out", str(tmp_path / "run"), "--quiet"]) == 2
-    assert message in _error_line(capsys)
+    assert message in cli_error_line(capsys)
 
 
 def test_param_without_equals_is_a_usage_error(capsys):
@@ -473,18 +446,18 @@ def test_bad_config_file(tmp_path, capsys, text, expected):
     config_file = tmp_path / "bad.toml"
     config_file.write_text(text)
     assert main(["train", "made", "--config", str(config_file), "--out", str(tmp_path / "run"), "--quiet"]) == 2
-    assert expected in _error_line(capsys)
+    assert expected in cli_error_line(capsys)
 
 
 def test_missing_config_file(tmp_path, capsys):
     assert main(["train", "made", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "run")]) == 2
-    assert "does not exist" in _error_line(capsys)
+    assert "does not exist" in cli_error_line(capsys)
 
 
 def test_training_over_an_existing_run(trained_run, capsys):
     before = RunFolder(trained_run).last.read_bytes()
     assert main(["train", "made", "--data", "digits", "--epochs", "1", "--out", str(trained_run), "--quiet"]) == 2
-    assert "already holds a run" in _error_line(capsys)
+    assert "already holds a run" in cli_error_line(capsys)
     assert RunFolder(trained_run).last.read_bytes() == before
 
 
@@ -504,7 +477,7 @@ def test_overwrite_starts_afresh(run_copy, capsys):
 def test_resume_and_overwrite_contradict(run_copy, capsys):
     before = RunFolder(run_copy).last.read_bytes()
     assert main(["train", "made", "--out", str(run_copy), "--resume", "--overwrite"]) == 2
-    assert "contradict" in _error_line(capsys)
+    assert "contradict" in cli_error_line(capsys)
     assert RunFolder(run_copy).last.read_bytes() == before
 
 
@@ -513,7 +486,7 @@ def test_a_failing_overwrite_keeps_the_old_run(run_copy, capsys):
     before = run.last.read_bytes()
     assert main(["train", "made", "--data", "digits", "-p", "hiden_sizes=[8]", "--out", str(run_copy),
                  "--overwrite", "--quiet"]) == 2
-    assert "unknown key 'hiden_sizes'" in _error_line(capsys)
+    assert "unknown key 'hiden_sizes'" in cli_error_line(capsys)
     assert run.last.is_file() and run.last.read_bytes() == before
     assert len(run.read_metrics()) == 2
 
@@ -539,7 +512,7 @@ def test_eval_input_records_of_two_files_with_one_stem_both_stay(trained_run, tm
 def test_resume_refuses_what_it_would_ignore(run_copy, capsys, model, options, message):
     before = RunFolder(run_copy).last.read_bytes()
     assert main(["train", model, "--out", str(run_copy), "--resume", "--epochs", "3", *options]) == 2
-    assert message in _error_line(capsys)
+    assert message in cli_error_line(capsys)
     assert RunFolder(run_copy).last.read_bytes() == before
 
 
@@ -573,7 +546,7 @@ def test_a_value_set_by_both_p_and_its_option_is_refused(tmp_path, capsys, param
     # otherwise the option wins and the -p value is never even checked
     assert main(["train", "fvsbn", *options, "-p", param, "--out", str(tmp_path / "run"), "--quiet"]) == 2
     key = param.split("=")[0]
-    assert f"{key} is set twice" in _error_line(capsys)
+    assert f"{key} is set twice" in cli_error_line(capsys)
     assert not (tmp_path / "run").exists()
 
 
@@ -586,7 +559,7 @@ def test_a_key_given_twice_by_p_is_refused(tmp_path, capsys, first, second, key)
     """-p k=1 -p k=2 is a slip, not a choice of the last value (a resume refused it already)."""
     out = tmp_path / "run"
     assert main(["train", "made", "--data", "digits", "-p", first, "-p", second, "--out", str(out), "--quiet"]) == 2
-    assert f"{key} is set twice, by -p " in _error_line(capsys)
+    assert f"{key} is set twice, by -p " in cli_error_line(capsys)
     assert not out.exists()
 
 
@@ -618,13 +591,13 @@ def test_output_paths_are_checked_before_the_work(trained_run, tmp_path, capsys)
     ]
     for command, message in cases:
         assert main(command) == 2, command
-        assert message in _error_line(capsys), command
+        assert message in cli_error_line(capsys), command
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"], "nothing written"
 
 
 def test_sample_refuses_an_n_that_cannot_fit_in_memory(trained_run, capsys):
     assert main(["sample", str(trained_run), "-n", str(10**14)]) == 2
-    assert "GB in memory" in _error_line(capsys)
+    assert "GB in memory" in cli_error_line(capsys)
 
 
 @pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="reads Linux's /proc/meminfo")
@@ -644,7 +617,7 @@ def test_out_of_memory_is_one_line(monkeypatch, tmp_path, capsys):
                            "you tried to allocate 25600000000000 bytes. Error code 12 (Cannot allocate memory)")
     monkeypatch.setattr("genzoo.cli.Trainer.fit", fail)
     assert main(["train", "fvsbn", "--data", "digits", "--out", str(tmp_path / "run"), "--quiet"]) == 2
-    line = _error_line(capsys)
+    line = cli_error_line(capsys)
     assert "not enough memory" in line and "25600000000000 bytes" in line and "enforce fail" not in line
 
 
@@ -662,21 +635,21 @@ def test_eval_of_a_run_whose_data_file_changed(tmp_path, capsys, new_width, mess
     capsys.readouterr()
     np.save(data, (rng.random((60, new_width)) < 0.3).astype(np.float32))
     assert main(["eval", str(run)]) == 2
-    assert message.format(data=str(data)) in _error_line(capsys)
+    assert message.format(data=str(data)) in cli_error_line(capsys)
     if new_width == 16:
         assert main(["eval", str(run), "--input", str(data), "--quiet"]) == 0  # what the message suggests
 
 
 def test_resume_needs_out(capsys):
     assert main(["train", "made", "--resume"]) == 2
-    assert "--resume needs --out" in _error_line(capsys)
+    assert "--resume needs --out" in cli_error_line(capsys)
 
 
 def test_8bit_data_without_binarization(tmp_path, capsys):
     data = tmp_path / "gray.npy"
     np.save(data, np.random.default_rng(0).integers(0, 256, (30, 8, 8)).astype(np.uint8))
     assert main(["train", "nade", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
-    assert "binarization" in _error_line(capsys)
+    assert "binarization" in cli_error_line(capsys)
     # and with it, training works
     assert main(["train", "nade", "--data", str(data), "--binarization", "dynamic", "--epochs", "1",
                  "-p", "hidden_size=4", "--out", str(tmp_path / "run"), "--quiet"]) == 0
@@ -686,14 +659,14 @@ def test_invalid_data_file(tmp_path, capsys):
     data = tmp_path / "half.csv"
     data.write_text("0,1\n1,0.5\n0,0\n")
     assert main(["train", "fvsbn", "--data", str(data), "--out", str(tmp_path / "run"), "--quiet"]) == 2
-    line = _error_line(capsys)
+    line = cli_error_line(capsys)
     assert "row 1" in line and "0.5" in line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda(tmp_path, capsys):
     assert main(["train", "made", "--data", "digits", "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
-    assert "no CUDA device" in _error_line(capsys)
+    assert "no CUDA device" in cli_error_line(capsys)
 
 
 @pytest.mark.parametrize("name, message", [
@@ -707,7 +680,7 @@ def test_a_bad_cuda_device_is_one_line_on_a_machine_with_gpus(monkeypatch, tmp_p
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert genzoo.devices.resolve_device("cuda:1") == torch.device("cuda:1")
     assert main(["train", "made", "--data", "digits", "--device", name, "--out", str(tmp_path / "run")]) == 2
-    assert message in _error_line(capsys)
+    assert message in cli_error_line(capsys)
 
 
 # -- help ---------------------------------------------------------------------------------------------
@@ -783,7 +756,7 @@ def test_train_fit_epochs_to_time_reaches_the_config(tmp_path, capsys):
     config = load_run_config(run / "config.toml")
     assert config.train.fit_epochs_to_max_seconds and config.train.epochs < 100000
     assert main(["train", "fvsbn", "--data", "digits", "--fit-epochs-to-time", "--out", str(tmp_path / "r2")]) == 2
-    assert "needs a time budget" in _error_line(capsys)
+    assert "needs a time budget" in cli_error_line(capsys)
 
 
 # -- SIGTERM (kill, a batch system's preemption) -----------------------------------------------------

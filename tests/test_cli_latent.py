@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import cli_error_line
 from genzoo.cli import main
 
 SMALL = ["-p", "eval_samples=50", "-p", "valid_samples=10", "-p", "hidden_sizes=[32]"]
@@ -20,12 +21,6 @@ def vae_run(tmp_path_factory) -> Path:
                  "--out", str(run), "--quiet"])
     assert code == 0
     return run
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("genzoo: error: ") and err.count("\n") == 1, err
-    return err
 
 
 def test_eval_reports_the_bound_and_its_k(vae_run, capsys):
@@ -68,7 +63,7 @@ def test_encode_decode_interpolate(vae_run, tmp_path, capsys):
     # --input files are checked as --data files are
     np.save(tmp_path / "half.npy", binary * 0.5)
     assert main(["encode", str(vae_run), "--input", str(tmp_path / "half.npy"), "--out", str(tmp_path / "z2.npy")]) == 2
-    assert "half.npy: row 0" in _error_line(capsys)
+    assert "half.npy: row 0" in cli_error_line(capsys)
     strip = tmp_path / "strip.png"
     assert main(["interpolate", str(vae_run), "--pair", "0", "7", "--steps", "5", "--out", str(strip)]) == 0
     path = np.load(strip.with_suffix(".npy"))
@@ -78,7 +73,7 @@ def test_encode_decode_interpolate(vae_run, tmp_path, capsys):
     assert not np.allclose(path[2], path[0], atol=1e-3)
     capsys.readouterr()
     assert main(["interpolate", str(vae_run), "--pair", "0", "999", "--out", str(strip)]) == 2
-    assert "out of range" in _error_line(capsys)
+    assert "out of range" in cli_error_line(capsys)
 
 
 def test_decode_refuses_latents_beyond_the_models_float32_and_interpolate_checks_memory(vae_run, tmp_path, capsys,
@@ -89,13 +84,13 @@ def test_decode_refuses_latents_beyond_the_models_float32_and_interpolate_checks
     z[2, 1] = 1e300
     np.save(tmp_path / "z.npy", z)
     assert main(["decode", str(vae_run), str(tmp_path / "z.npy"), "--out", str(tmp_path / "d.png")]) == 2
-    assert "latent row 2 holds a value beyond the range of the model's float32" in _error_line(capsys)
+    assert "latent row 2 holds a value beyond the range of the model's float32" in cli_error_line(capsys)
     import genzoo.cli
 
     monkeypatch.setattr(genzoo.cli, "_available_memory_bytes", lambda: 100_000_000)
     assert main(["interpolate", str(vae_run), "--pair", "0", "1", "--steps", "100000",
                  "--out", str(tmp_path / "s.png")]) == 2
-    assert "--steps 100000: 100000 images of 64 values need about 0.2 GB in memory" in _error_line(capsys)
+    assert "--steps 100000: 100000 images of 64 values need about 0.2 GB in memory" in cli_error_line(capsys)
 
 
 def test_gumbel_vae_encodes_to_category_indices(tmp_path):
@@ -116,6 +111,6 @@ def test_a_model_without_latents_is_refused_in_one_line(tmp_path, capsys):
     for command in (["encode", str(run), "--out", str(tmp_path / "z.npy")],
                     ["interpolate", str(run), "--pair", "0", "1", "--out", str(tmp_path / "s.png")]):
         assert main(command) == 2
-        assert "has no latent space" in _error_line(capsys)
+        assert "has no latent space" in cli_error_line(capsys)
     assert main(["decode", str(tmp_path / "missing"), str(tmp_path / "z.npy"), "--out", str(tmp_path / "d.png")]) == 2
-    assert "does not exist" in _error_line(capsys)
+    assert "does not exist" in cli_error_line(capsys)

@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import cli_error_line
 from genzoo.cli import main
 from genzoo.config import load_run_config
 from genzoo.training import RunFolder
 
 QUIET = ["--quiet"]
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("genzoo: error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture
@@ -51,14 +45,14 @@ def latent_runs(tmp_path_factory) -> dict[str, Path]:
 def test_resume_refuses_a_bad_max_seconds_before_training(made_run, capsys, budget):
     best_before = RunFolder(made_run).best.read_bytes()
     assert main(["train", "made", "--out", str(made_run), "--resume", "--epochs", "4", "--max-seconds", budget, *QUIET]) == 2
-    assert "max_seconds must be non-negative" in _error(capsys)
+    assert "max_seconds must be non-negative" in cli_error_line(capsys)
     assert RunFolder(made_run).best.read_bytes() == best_before
     assert main(["eval", str(made_run), "--quiet"]) == 0
 
 
 def test_resume_refuses_fewer_epochs_than_it_has_trained(made_run, capsys):
     assert main(["train", "made", "--out", str(made_run), "--resume", "--epochs", "1", *QUIET]) == 2
-    assert "has trained 2 epochs already; epochs must be at least 2, got 1" in _error(capsys)
+    assert "has trained 2 epochs already; epochs must be at least 2, got 1" in cli_error_line(capsys)
     assert load_run_config(made_run / "config.toml").train.epochs == 2
 
 
@@ -70,20 +64,20 @@ def test_resume_takes_epochs_from_a_train_param(made_run, capsys):
 
 def test_resume_refuses_epochs_given_twice(made_run, capsys):
     assert main(["train", "made", "--out", str(made_run), "--resume", "--epochs", "3", "-p", "train.epochs=4", *QUIET]) == 2
-    assert "train.epochs is set twice" in _error(capsys)
+    assert "train.epochs is set twice" in cli_error_line(capsys)
 
 
 def test_resume_says_how_to_change_the_epochs_a_config_file_sets(made_run, tmp_path, capsys):
     config = tmp_path / "longer.toml"
     config.write_text('[model]\nname = "made"\nhidden_sizes = [16]\n[data]\nname = "digits"\n[train]\nepochs = 6\n')
     assert main(["train", "made", "--out", str(made_run), "--resume", "--config", str(config), *QUIET]) == 2
-    line = _error(capsys)
+    line = cli_error_line(capsys)
     assert f"--config {config} sets train.epochs = 6 (the run's: 2)" in line and "only --epochs and --max-seconds" in line
 
 
 def test_a_param_cannot_swap_the_model(tmp_path, capsys):
     assert main(["train", "made", "--data", "digits", "-p", "name=nade", "--out", str(tmp_path / "r"), *QUIET]) == 2
-    assert "-p name=nade names another model than the command's 'made'" in _error(capsys)
+    assert "-p name=nade names another model than the command's 'made'" in cli_error_line(capsys)
     assert not (tmp_path / "r").exists()
 
 
@@ -122,7 +116,7 @@ def test_decode_refuses_to_write_over_its_latents(latent_runs, tmp_path, capsys)
     assert main(["encode", str(latent_runs["vae"]), "--out", str(z)]) == 0
     before = z.read_bytes()
     assert main(["decode", str(latent_runs["vae"]), str(z), "--out", str(tmp_path / "z.png")]) == 2
-    assert "the command's own input" in _error(capsys)
+    assert "the command's own input" in cli_error_line(capsys)
     assert z.read_bytes() == before
 
 
@@ -130,13 +124,13 @@ def test_eval_refuses_to_write_scores_over_its_input(made_run, tmp_path, capsys)
     x = tmp_path / "x.npy"
     np.save(x, np.zeros((3, 1, 8, 8), np.float32))
     assert main(["eval", str(made_run), "--input", str(x), "--scores", str(x), "--quiet"]) == 2
-    assert "--scores would write" in _error(capsys)
+    assert "--scores would write" in cli_error_line(capsys)
     assert np.load(x).shape == (3, 1, 8, 8)
 
 
 def test_encode_refuses_an_output_name_numpy_would_change(latent_runs, tmp_path, capsys):
     assert main(["encode", str(latent_runs["vae"]), "--out", str(tmp_path / "z.csv")]) == 2
-    assert "give a name ending in .npy" in _error(capsys)
+    assert "give a name ending in .npy" in cli_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -155,7 +149,7 @@ def test_decode_refuses_latents_of_the_wrong_shape_or_kind(latent_runs, tmp_path
     path = tmp_path / "z.npy"
     np.save(path, latents)
     assert main(["decode", str(latent_runs[model]), str(path), "--out", str(tmp_path / "d.png")]) == 2
-    assert message in _error(capsys)
+    assert message in cli_error_line(capsys)
     assert not (tmp_path / "d.png").exists()
 
 
@@ -163,11 +157,11 @@ def test_decode_refuses_a_pickle_and_another_format(latent_runs, tmp_path, capsy
     pickled = tmp_path / "z.npy"
     np.save(pickled, np.array([[object()]] * 2, dtype=object), allow_pickle=True)
     assert main(["decode", str(latent_runs["vae"]), str(pickled), "--out", str(tmp_path / "d.png")]) == 2
-    assert "which genzoo never loads" in _error(capsys)
+    assert "which genzoo never loads" in cli_error_line(capsys)
     text = tmp_path / "z.txt"
     text.write_text("0 0 0 0\n")
     assert main(["decode", str(latent_runs["vae"]), str(text), "--out", str(tmp_path / "d.png")]) == 2
-    assert "expected a .npy file" in _error(capsys)
+    assert "expected a .npy file" in cli_error_line(capsys)
 
 
 # -- other one-line errors ---------------------------------------------------------------------------------
@@ -179,14 +173,14 @@ def test_a_kernel_nade_run_without_its_kernel_is_a_one_line_error(tmp_path, monk
                  "--out", str(run), *QUIET]) == 0
     monkeypatch.setattr("genzoo.models.autoregressive.nade.nade_kernel_available", lambda *tensors: False)
     assert main(["eval", str(run), "--quiet"]) == 2
-    assert "backend 'kernel' needs float32 tensors on the CPU and a C compiler" in _error(capsys)
+    assert "backend 'kernel' needs float32 tensors on the CPU and a C compiler" in cli_error_line(capsys)
 
 
 @pytest.mark.parametrize("content", [b"see README", b"hi", b"\x80\x02}q\x00."])
 def test_a_checkpoint_of_stray_bytes_is_a_one_line_error(made_run, capsys, content):
     RunFolder(made_run).best.write_bytes(content)
     assert main(["eval", str(made_run), "--quiet"]) == 2
-    assert "is corrupt or not a genzoo checkpoint" in _error(capsys)
+    assert "is corrupt or not a genzoo checkpoint" in cli_error_line(capsys)
 
 
 def test_init_from_takes_a_run_folder_and_names_a_mismatch(made_run, tmp_path, capsys):
@@ -195,13 +189,13 @@ def test_init_from_takes_a_run_folder_and_names_a_mismatch(made_run, tmp_path, c
                  "-p", f"train.init_from={made_run}", "--out", str(run), *QUIET]) == 0
     assert main(["train", "nade", "--data", "digits", "--epochs", "1", "-p", "hidden_size=8",
                  "-p", f"train.init_from={made_run}", "--out", str(tmp_path / "other"), *QUIET]) == 2
-    line = _error(capsys)
+    line = cli_error_line(capsys)
     assert "does not match this run's model: Error(s) in loading state_dict for NADE: Missing key(s)" in line
 
 
 def test_gamma_without_the_speculative_sampler_is_refused(made_run, tmp_path, capsys):
     assert main(["sample", str(made_run), "-n", "2", "--gamma", "3", "--out", str(tmp_path / "s.png")]) == 2
-    assert "--gamma is only used with --sampler speculative" in _error(capsys)
+    assert "--gamma is only used with --sampler speculative" in cli_error_line(capsys)
 
 
 # -- checkpoints: Ctrl-C, write order, and files a resume cannot use --------------------------------------
@@ -238,7 +232,7 @@ def test_resume_from_a_best_pt_copied_over_last_pt_is_refused(made_run, capsys):
     run = RunFolder(made_run)
     run.last.write_bytes(run.best.read_bytes())
     assert main(["train", "made", "--out", str(made_run), "--resume", "--epochs", "3", *QUIET]) == 2
-    assert "lacks 'optimizer': it is not a last.pt that genzoo train wrote" in _error(capsys)
+    assert "lacks 'optimizer': it is not a last.pt that genzoo train wrote" in cli_error_line(capsys)
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -254,7 +248,7 @@ def test_a_damaged_last_pt_is_a_one_line_error(made_run, capsys, damage, message
     damage(payload)
     save_checkpoint(payload, run.last)
     assert main(["train", "made", "--out", str(made_run), "--resume", "--epochs", "3", *QUIET]) == 2
-    assert message in _error(capsys)
+    assert message in cli_error_line(capsys)
 
 
 def test_ctrl_c_after_a_resume_with_its_own_budget_says_to_keep_it(made_run, monkeypatch, capsys):
@@ -328,7 +322,7 @@ def test_a_numpy_or_pillow_memory_error_is_one_line(made_run, tmp_path, monkeypa
 
     monkeypatch.setattr(genzoo.cli, "save_image_grid", out_of_memory)
     assert main(["sample", str(made_run), "-n", "4", "--out", str(tmp_path / "s.png"), "--quiet"]) == 2
-    assert "not enough memory for this command" in _error(capsys)
+    assert "not enough memory for this command" in cli_error_line(capsys)
 
 
 def test_the_sample_memory_check_counts_the_grid(made_run, monkeypatch, capsys):
@@ -337,7 +331,7 @@ def test_the_sample_memory_check_counts_the_grid(made_run, monkeypatch, capsys):
     # 100,000 samples of 64 values: 25.6 MB as float32, about 230 MB with the grid
     monkeypatch.setattr(genzoo.cli, "_available_memory_bytes", lambda: 100_000_000)
     assert main(["sample", str(made_run), "-n", "100000", "--quiet"]) == 2
-    assert "need about 0.2 GB in memory (the samples, their .npy and the PNG grid)" in _error(capsys)
+    assert "need about 0.2 GB in memory (the samples, their .npy and the PNG grid)" in cli_error_line(capsys)
 
 
 def test_sample_grids_are_scaled_by_the_models_support_not_by_the_values(made_run, tmp_path, monkeypatch):
@@ -362,4 +356,4 @@ def test_sample_grids_are_scaled_by_the_models_support_not_by_the_values(made_ru
 
 def test_temperature_is_for_flows_only(made_run, tmp_path, capsys):
     assert main(["sample", str(made_run), "-n", "4", "--temperature", "0.5", "--out", str(tmp_path / "s.png")]) == 2
-    assert "--temperature is for flows (nice, realnvp, glow); 'made' has none" in _error(capsys)
+    assert "--temperature is for flows (nice, realnvp, glow); 'made' has none" in cli_error_line(capsys)

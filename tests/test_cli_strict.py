@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,34 +12,12 @@ import pytest
 import torch
 
 import genzoo
+from conftest import cli_error_line
 from genzoo.checkpoint import load_checkpoint, model_from_checkpoint
 from genzoo.cli import build_parser, main
 from genzoo.config import load_run_config
 from genzoo.sampling import speculative_sample
 from genzoo.training import RunFolder
-
-
-@pytest.fixture(scope="module")
-def made_run(tmp_path_factory) -> Path:
-    """`genzoo train made --data digits --epochs 2 -p hidden_sizes=[16] --out RUN --quiet`, once."""
-    run = tmp_path_factory.mktemp("cli_strict") / "run"
-    assert main(["train", "made", "--data", "digits", "--epochs", "2", "-p", "hidden_sizes=[16]",
-                 "--out", str(run), "--quiet"]) == 0
-    return run
-
-
-@pytest.fixture
-def run_copy(made_run, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(made_run, copy)
-    return copy
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("genzoo: error: "), err
-    return lines[0]
 
 
 def _params(*texts: str) -> list:
@@ -102,10 +79,10 @@ def test_a_zero_option_overrides_the_config_file(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "fvsbn", "--config", str(config_file), "--epochs", "0", "--out", str(tmp_path / "r2"),
                  "--quiet"]) == 2
-    assert "epochs" in _error_line(capsys)
+    assert "epochs" in cli_error_line(capsys)
     assert main(["train", "fvsbn", "--config", str(config_file), "--seed", "0", "-p", "train.seed=3",
                  "--out", str(tmp_path / "r3"), "--quiet"]) == 2
-    assert "train.seed is set twice" in _error_line(capsys)
+    assert "train.seed is set twice" in cli_error_line(capsys)
 
 
 # -- sample -------------------------------------------------------------------------------------------
@@ -119,16 +96,16 @@ def draft_run(tmp_path_factory) -> Path:
     return run
 
 
-def test_speculative_sample_defaults_to_gamma_4_and_adds_up_the_batches_statistics(made_run, draft_run, tmp_path,
+def test_speculative_sample_defaults_to_gamma_4_and_adds_up_the_batches_statistics(trained_run, draft_run, tmp_path,
                                                                                    capsys):
     """The CLI's speculative samples are speculative_sample's with the documented default γ = 4,
     drawn batch by batch from one seeded generator, and the printed statistics are those of all
     the batches together (not of one)."""
     png = tmp_path / "spec.png"
-    assert main(["sample", str(made_run), "--sampler", "speculative", "--draft", str(draft_run), "-n", "7",
+    assert main(["sample", str(trained_run), "--sampler", "speculative", "--draft", str(draft_run), "-n", "7",
                  "--batch-size", "3", "--seed", "11", "--out", str(png), "--quiet"]) == 0
     out = capsys.readouterr().out
-    target, draft = genzoo.load_model(made_run), genzoo.load_model(draft_run)
+    target, draft = genzoo.load_model(trained_run), genzoo.load_model(draft_run)
     generator = torch.Generator().manual_seed(11)
     with torch.no_grad():
         batches = [speculative_sample(target, draft, n, 4, generator) for n in (3, 3, 1)]
@@ -150,7 +127,7 @@ def test_resume_refuses_epochs_given_twice_by_two_params(run_copy, capsys):
     best_before = RunFolder(run_copy).best.read_bytes()
     assert main(["train", "made", "--out", str(run_copy), "--resume", "-p", "train.epochs=3", "-p", "train.epochs=4",
                  "--quiet"]) == 2
-    assert "train.epochs is set twice, by -p train.epochs and by -p train.epochs" in _error_line(capsys)
+    assert "train.epochs is set twice, by -p train.epochs and by -p train.epochs" in cli_error_line(capsys)
     assert RunFolder(run_copy).best.read_bytes() == best_before
     assert load_run_config(run_copy / "config.toml").train.epochs == 2
 
@@ -168,14 +145,14 @@ def test_the_default_run_folder_is_runs_model_dash_data_stem(tmp_path, monkeypat
 # -- eval ---------------------------------------------------------------------------------------------
 
 
-def test_eval_record_names_the_split_and_checkpoint_it_scored(made_run):
+def test_eval_record_names_the_split_and_checkpoint_it_scored(trained_run):
     """eval --split valid --checkpoint last: the record (in eval_valid.json) says so, its epoch is the
     last checkpoint's, and its NLL is that checkpoint's mean -log p over the valid split, computed here
     directly from the model."""
-    assert main(["eval", str(made_run), "--split", "valid", "--checkpoint", "last", "--batch-size", "7",
+    assert main(["eval", str(trained_run), "--split", "valid", "--checkpoint", "last", "--batch-size", "7",
                  "--quiet"]) == 0
-    record = json.loads((made_run / "eval_valid.json").read_text())
-    payload = load_checkpoint(RunFolder(made_run).last)
+    record = json.loads((trained_run / "eval_valid.json").read_text())
+    payload = load_checkpoint(RunFolder(trained_run).last)
     assert (record["split"], record["checkpoint"], record["epoch"]) == ("valid", "last", payload["epoch"])
     model = model_from_checkpoint(payload).eval()
     valid = genzoo.load_dataset("digits", "valid")
@@ -215,7 +192,7 @@ def test_eval_of_a_conditional_run_scores_x_given_its_label(conditional_run, tmp
     np.save(path, x[:3].numpy())
     capsys.readouterr()
     assert main(["eval", str(conditional_run), "--input", str(path)]) == 2
-    assert "is class-conditional" in _error_line(capsys)
+    assert "is class-conditional" in cli_error_line(capsys)
 
 
 @pytest.mark.parametrize("sampler", ["fast", "naive"])
@@ -261,7 +238,7 @@ def test_the_naive_sampler_of_a_model_without_one_is_a_one_line_error(tmp_path, 
                  "--out", str(run), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["sample", str(run), "-n", "2", "--sampler", "naive", "--out", str(tmp_path / "x.png")]) == 2
-    assert "model 'nice' has no naive sampler" in _error_line(capsys)
+    assert "model 'nice' has no naive sampler" in cli_error_line(capsys)
     assert not (tmp_path / "x.png").exists()
 
 
@@ -284,7 +261,7 @@ def test_interpolate_checks_steps_and_pair_and_writes_one_row(vae_run, tmp_path,
                            (["--pair", "-1", "0"], "--pair index -1 is out of range"),
                            (["--pair", "0", "180"], "--pair index 180 is out of range")]:
         assert main(["interpolate", str(vae_run), *extra, "--out", str(out)]) == 2, extra
-        assert message in _error_line(capsys)
+        assert message in cli_error_line(capsys)
     assert not out.exists()
     assert main(["interpolate", str(vae_run), "--pair", "2", "5", "--steps", "6", "--out", str(out)]) == 0
     from PIL import Image
@@ -303,10 +280,10 @@ def test_decode_refuses_a_flat_vector_of_latents(vae_run, tmp_path, capsys):
     z = tmp_path / "z.npy"
     np.save(z, np.zeros(3, dtype=np.float32))
     assert main(["decode", str(vae_run), str(z), "--out", str(tmp_path / "d.png")]) == 2
-    assert "expected one latent per row" in _error_line(capsys)
+    assert "expected one latent per row" in cli_error_line(capsys)
 
 
-def test_scores_may_not_overwrite_the_input_under_another_spelling(made_run, tmp_path, monkeypatch, capsys):
+def test_scores_may_not_overwrite_the_input_under_another_spelling(trained_run, tmp_path, monkeypatch, capsys):
     """--scores naming the --input file by another path (relative, or through '..') is still the
     input: refused, and the file is left as it was."""
     x = genzoo.load_dataset("digits", "test")[:4].reshape(4, -1).numpy()
@@ -315,8 +292,8 @@ def test_scores_may_not_overwrite_the_input_under_another_spelling(made_run, tmp
     np.save(path, x)
     before = path.read_bytes()
     monkeypatch.chdir(tmp_path / "sub")
-    assert main(["eval", str(made_run), "--input", "../x.npy", "--scores", str(path), "--quiet"]) == 2
-    assert "--scores would write" in _error_line(capsys)
+    assert main(["eval", str(trained_run), "--input", "../x.npy", "--scores", str(path), "--quiet"]) == 2
+    assert "--scores would write" in cli_error_line(capsys)
     assert path.read_bytes() == before
 
 
@@ -342,5 +319,5 @@ def test_encode_refuses_to_write_its_latents_over_its_input(vae_run, tmp_path, c
     np.save(path, genzoo.load_dataset("digits", "test")[:4].reshape(4, -1).numpy())
     before = path.read_bytes()
     assert main(["encode", str(vae_run), "--input", str(path), "--out", str(path)]) == 2
-    assert "--out would write" in _error_line(capsys)
+    assert "--out would write" in cli_error_line(capsys)
     assert path.read_bytes() == before

@@ -11,7 +11,7 @@ import torch
 from scipy.stats import chisquare
 
 import genzoo
-from conftest import all_binary, randomize
+from conftest import all_binary, cli_error_line, randomize
 from genzoo.cli import main
 from genzoo.sampling import SpeculativeStats, speculative_sample
 
@@ -305,12 +305,6 @@ def test_cli_fast_and_naive_transformer_samples_agree(runs, tmp_path):
     assert np.array_equal(draw("fast"), draw("naive"))
 
 
-def _error_line(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("genzoo: error: ")
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -326,7 +320,7 @@ def test_cli_speculative_errors(runs, tmp_path, capsys, extra, message):
     extra = [e.format(**paths) for e in extra]
     code = main(["sample", str(runs["target"]), "-n", "2", "--out", str(tmp_path / "x.png"), *extra])
     assert code == 2
-    assert message in _error_line(capsys)
+    assert message in cli_error_line(capsys)
 
 
 def test_a_target_in_train_mode_with_dropout_is_sampled_in_eval_mode():

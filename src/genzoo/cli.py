@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import json
 import math
-import contextlib
 import os
 import signal
 import sys
@@ -339,11 +339,11 @@ class Terminated(KeyboardInterrupt):
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM during a command, with what the user needs to carry on (one line)."""
+    """Ctrl-C or SIGTERM (``stop``) during a command, with what the user needs to carry on (one line)."""
 
-    def __init__(self, message: str, terminated: bool = False):
+    def __init__(self, message: str, stop: KeyboardInterrupt):
         super().__init__(message)
-        self.terminated = terminated
+        self.stop = stop
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -364,10 +364,10 @@ def sigterm_stops_like_ctrl_c() -> typing.Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _exit_status(stop: BaseException) -> int:
-    """As a shell reports a command killed by the signal: 128 + 15 (SIGTERM) or 128 + 2 (SIGINT)."""
-    terminated = isinstance(stop, Terminated) or getattr(stop, "terminated", False)
-    return 128 + 15 if terminated else 128 + 2
+def _how_stopped(stop: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped a command, in words, and its exit status as a shell reports a command killed
+    by that signal: 128 + 15 (SIGTERM) or 128 + 2 (SIGINT)."""
+    return ("stopped by SIGTERM", 128 + 15) if isinstance(stop, Terminated) else ("interrupted", 128 + 2)
 
 
 def _budget_option(trainer: Trainer) -> str:
@@ -404,8 +404,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
                          f"genzoo train {trainer.config.model_name} --resume --out {run.path}{_budget_option(trainer)}")
         else:
             next_step = f"no epoch was saved yet in {run.path}; start it again with --overwrite"
-        what = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
-        raise Interrupted(f"training {what}; {next_step}", terminated=isinstance(stop, Terminated)) from None
+        raise Interrupted(f"training {_how_stopped(stop)[0]}; {next_step}", stop) from None
     print(
         f"trained {trainer.config.model_name} for {result.epochs_completed} epoch{'' if result.epochs_completed == 1 else 's'} "
         f"({result.stopped_because}) "
@@ -747,10 +746,11 @@ def main(argv: list[str] | None = None) -> int:
             handler(args)
     except Interrupted as interruption:
         print(f"genzoo: {interruption}", file=sys.stderr)
-        return _exit_status(interruption)
+        return _how_stopped(interruption.stop)[1]
     except KeyboardInterrupt as stop:
-        print(f"genzoo: {'stopped by SIGTERM' if isinstance(stop, Terminated) else 'interrupted'}", file=sys.stderr)
-        return _exit_status(stop)
+        what, status = _how_stopped(stop)
+        print(f"genzoo: {what}", file=sys.stderr)
+        return status
     except BrokenPipeError:
         # The reader left early (`genzoo list | head`): stop quietly, as Unix tools do, and keep
         # Python from failing again when it flushes stdout at exit.

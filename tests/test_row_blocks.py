@@ -268,8 +268,8 @@ def test_made_row_blocks_give_the_dense_log_prob_and_gradients(hp):
     dense.loss(x).backward()
     for i, (stored, full) in enumerate(zip(blocked.masked_layers(), dense.masked_layers())):
         grad = torch.zeros_like(full.weight)
-        for block, w in zip(stored.row_blocks, stored.weight_blocks):
-            grad[block.start:block.end, :block.used] = w.grad
+        for block, block_grad in zip(stored.row_blocks, stored.block_grads()):
+            grad[block.start:block.end, :block.used] = block_grad
         assert torch.allclose(grad, full.weight.grad, rtol=0, atol=1e-10), f"layer {i}"
         if full.bias is not None:
             assert torch.allclose(stored.bias.grad, full.bias.grad, rtol=0, atol=1e-10), f"layer {i}"

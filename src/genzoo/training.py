@@ -209,6 +209,25 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: RunConfig) -> torch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
+def saved_optimizer_state_in_model_layout(model: GenerativeModel, optimizer: torch.optim.Optimizer,
+                                          state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's optimizer state, with each model (a model inside another, like a VQ-VAE's
+    prior, included) given its parameters' saved moments to adapt to the layout its weights loaded
+    in (``GenerativeModel.adapt_saved_optimizer_state``); the checkpoint's own dicts are untouched."""
+    state = {**state, "state": {key: dict(value) if isinstance(value, dict) else value
+                                for key, value in state.get("state", {}).items()}}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_ids = [i for group in state.get("param_groups", []) for i in group.get("params", [])]
+    if len(params) != len(saved_ids):
+        return state  # load_optimizer_state refuses it
+    moments = {param: state["state"][saved_id] for param, saved_id in zip(params, saved_ids)
+               if isinstance(state["state"].get(saved_id), dict)}
+    for module in model.modules():
+        if isinstance(module, GenerativeModel):
+            module.adapt_saved_optimizer_state(moments)
+    return state
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Restore a checkpoint's optimizer state, refusing one whose parameters are not this model's:
     torch checks only how many there are, and Adam would then step with moments of other shapes."""
@@ -494,10 +513,8 @@ class Trainer:
             check_same_data(payload, data, data_fingerprint, cfg.data.name, f"cannot resume {self.run.path}")
             self.run.remove_partial_writes()
             load_weights(model, payload["model"], f"{self.run.last} does not match this run's model")
-            load_optimizer_state(optimizer, payload["optimizer"])
-            for module in model.modules():  # a model inside another (a VQ-VAE's prior) included
-                if isinstance(module, GenerativeModel):
-                    module.relabel_loaded_optimizer_state(optimizer)
+            optimizer_state = saved_optimizer_state_in_model_layout(model, optimizer, payload["optimizer"])
+            load_optimizer_state(optimizer, optimizer_state)
             load_scheduler_state(scheduler, payload["scheduler"])
             try:
                 restore_random_states(payload["rng"], data_order, self.device)

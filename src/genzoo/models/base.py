@@ -251,9 +251,10 @@ class GenerativeModel(nn.Module):
         is never shorter, and a run that ends before it says so (and how to continue it)."""
         return 1
 
-    def relabel_loaded_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
-        """After a resume loads the optimizer's state: bring it into the numbering that loading
-        gave the weights, where a model relabels an older checkpoint's (MADE). Nothing by default."""
+    def adapt_saved_optimizer_state(self, moments: dict[nn.Parameter, dict]) -> None:
+        """Before a resume loads the optimizer's state (``moments``: each parameter's saved state,
+        to replace entries of): bring it into the layout that loading gave the weights, where a
+        model rewrites an older checkpoint's (MADE). Nothing by default."""
 
     def epoch_metrics(self) -> dict[str, float]:
         """Model-specific figures of the epoch just trained (e.g. codebook usage), merged by the

@@ -13,6 +13,20 @@ them (Adam's state never covers a weight the mask removes). Its state dict holds
 ``weight`` (zeros where no row of a block looks), so checkpoints do not depend on the blocks.
 The blocked products run on the CPU only, where they were measured; on a GPU the layer assembles
 M ⊙ W and takes one dense product, which costs little more than the launches the blocks would add.
+
+Binary inputs. A layer whose inputs are a Bernoulli model's data (x ∈ {0,1}, ``binary_input``)
+needs no multiplications at all: with S(x) the columns where x is 1,
+
+    y = b + Σ_{j ∈ S(x)} (M ⊙ W)[:, j],        ∂L/∂W[:, j] = M[:, j] ⊙ Σ_{rows x of the batch with x_j = 1} ∂L/∂y,
+
+sums of weight columns for the output and sums of output gradients for the weight gradient, each
+an ``embedding_bag``. Binarized MNIST is 13% ones, so this reads about an eighth of what the
+product multiplies (measured: forward and weight gradient of a 784 → 8,000 layer at batch 64,
+2.4 ms against 9.9 ms for the dense products on a 2-core CPU; even at half ones they break even).
+Such a layer stores each block transposed, W[rows, :used]ᵀ, so that a column of W is one
+contiguous row of the lookup table and the weight gradient comes out in the parameter's layout.
+(Not as a column-major view of the usual shape: torch's fused Adam runs 3.6× slower on those.) A batch that is not binary,
+or has more than ``SPARSE_INPUT_MAX_DENSITY`` ones, takes the products.
 """
 from __future__ import annotations
 
@@ -24,7 +38,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 __all__ = ["MaskedLinear", "RowBlock", "RowBlockMaskedLinear", "row_blocks", "row_blocks_fraction",
-           "row_block_linear"]
+           "row_block_linear", "binary_row_block_linear", "sums_ones"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,95 @@ class _RowBlockLinear(torch.autograd.Function):
         return (grad_x, grad_bias, None, None, *grad_weights)
 
 
+#: above this fraction of ones a binary batch takes the products: summing weight columns costs in
+#: proportion to the ones, and broke even with the dense products at half ones (see the docstring)
+SPARSE_INPUT_MAX_DENSITY = 0.4
+
+
+def sums_ones(x: torch.Tensor) -> bool:
+    """Whether ``x`` (a 2-D batch) is binary with few enough ones for the sums of columns."""
+    if x.dim() != 2 or not x.dtype.is_floating_point or x.numel() == 0:
+        return False
+    ones = x == 1
+    return bool(torch.logical_or(ones, x == 0).all()) and int(ones.sum()) <= SPARSE_INPUT_MAX_DENSITY * x.numel()
+
+
+def _bags(sizes: torch.Tensor) -> torch.Tensor:
+    """embedding_bag's offsets for consecutive bags of the given sizes."""
+    offsets = torch.zeros_like(sizes)
+    torch.cumsum(sizes[:-1], dim=0, out=offsets[1:])
+    return offsets
+
+
+def _column_sums(columns: torch.Tensor, ones_before: torch.Tensor, lo: int, hi: int, table: torch.Tensor) -> torch.Tensor:
+    """For each row r of the batch, the sum of ``table``'s rows j − lo over the ones of x[r] in
+    columns [lo, hi); ``columns`` lists every one's column, row by row, and ``ones_before[:, t]``
+    counts a row's ones in columns < t."""
+    keep = (columns >= lo) & (columns < hi)
+    return F.embedding_bag(columns[keep] - lo, table, _bags(ones_before[:, hi] - ones_before[:, lo]), mode="sum")
+
+
+class _BinaryRowBlockLinear(torch.autograd.Function):
+    """y = x (M ⊙ W)ᵀ + b for binary x, as sums of weight columns over the ones of x (see the
+    module docstring), from each block's transposed weights W[rows, :used]ᵀ and mask."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx, x, bias, mask_tables, blocks, *tables):
+        columns = x.nonzero()[:, 1]  # row by row, as the bags take them
+        ones_before = F.pad(x.cumsum(dim=1), (1, 0)).long()
+        outputs = []
+        for block, (full, used), table, mask in zip(blocks, map(_column_split, blocks), tables, mask_tables):
+            y = bias[block.start:block.end].expand(len(x), -1).clone() if bias is not None else \
+                x.new_zeros(len(x), block.end - block.start)
+            if full:
+                y += _column_sums(columns, ones_before, 0, full, table[:full])
+            if used > full:
+                y += _column_sums(columns, ones_before, full, used, table[full:used] * mask[full:used])
+            outputs.append(y)
+        ctx.save_for_backward(x, *tables)
+        ctx.blocks, ctx.mask_tables, ctx.has_bias = blocks, mask_tables, bias is not None
+        return torch.cat(outputs, dim=1)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, *tables = ctx.saved_tensors
+        needs_x, needs_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = torch.zeros_like(x) if needs_x else None
+        rows_of_ones = x.t().nonzero()[:, 1]  # the ones column by column
+        first_one_of_column = _bags(x.sum(dim=0).long())
+        grad_tables = []
+        for i, (block, (full, used), table, mask) in enumerate(
+                zip(ctx.blocks, map(_column_split, ctx.blocks), tables, ctx.mask_tables)):
+            g = grad_out[:, block.start:block.end]
+            if needs_x:
+                if full:
+                    grad_x[:, :full].addmm_(g, table[:full].t())
+                if used > full:
+                    grad_x[:, full:used].addmm_(g, (table[full:used] * mask[full:used]).t())
+            if not ctx.needs_input_grad[4 + i]:
+                grad_tables.append(None)
+                continue
+            # row j of the transposed gradient sums g over the batch's rows whose x_j is 1
+            ones_in_block = int(first_one_of_column[used]) if used < x.shape[1] else len(rows_of_ones)
+            grad_table = F.embedding_bag(rows_of_ones[:ones_in_block], g.contiguous(), first_one_of_column[:used],
+                                         mode="sum")
+            if used > full:
+                grad_table[full:].mul_(mask[full:used])
+            grad_tables.append(grad_table)
+        grad_bias = grad_out.sum(dim=0) if ctx.has_bias and needs_bias else None
+        return (grad_x, grad_bias, None, None, *grad_tables)
+
+
+def binary_row_block_linear(x: torch.Tensor, tables: list[torch.Tensor], bias: torch.Tensor | None,
+                            mask_tables: list[torch.Tensor], blocks: tuple[RowBlock, ...]) -> torch.Tensor:
+    """``row_block_linear`` for a 2-D batch of zeros and ones, by sums of weight columns, from the
+    blocks' transposed weights W[rows, :used]ᵀ and masks M[rows, :used]ᵀ."""
+    return _BinaryRowBlockLinear.apply(x, bias, tuple(mask_tables), blocks, *tables)
+
+
 def row_block_linear(x: torch.Tensor, block_weights: list[torch.Tensor], bias: torch.Tensor | None,
                      block_masks: list[torch.Tensor], blocks: tuple[RowBlock, ...]) -> torch.Tensor:
     """``F.linear(x, M ⊙ W, bias)`` from the row blocks' weights W[rows, :used] and masks
@@ -175,42 +278,62 @@ class MaskedLinear(nn.Linear):
 
 class RowBlockMaskedLinear(nn.Module):
     """y = x (M ⊙ W)ᵀ + b for a fixed mask M, with only each row block's W[rows, :used] stored
-    (``weight_blocks``; see the module docstring). ``weight`` is the full matrix, assembled."""
+    (``weight_blocks``; see the module docstring). ``weight`` is the full matrix, assembled.
+    ``binary_input``: the inputs are zeros and ones, summed over instead of multiplied, and each
+    block is stored transposed, W[rows, :used]ᵀ."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
-                 blocks: tuple[RowBlock, ...]):
+                 blocks: tuple[RowBlock, ...], binary_input: bool = False):
         super().__init__()
         if mask.shape != weight.shape:
             raise ValueError(f"mask has shape {tuple(mask.shape)}, weight has {tuple(weight.shape)}")
         check_row_blocks(blocks, mask)
         self.out_features, self.in_features = weight.shape
         self.row_blocks = blocks
+        self.binary_input = binary_input
+        layout = (lambda t: t.t().contiguous()) if binary_input else torch.clone
         self.weight_blocks = nn.ParameterList(
-            nn.Parameter(weight.detach()[b.start:b.end, :b.used].clone()) for b in blocks)
+            nn.Parameter(layout(weight.detach()[b.start:b.end, :b.used])) for b in blocks)
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
         mask = mask.to(weight.dtype)
         self.register_buffer("mask", mask.clone(), persistent=False)
         for i, b in enumerate(blocks):
-            self.register_buffer(f"block_mask_{i}", mask[b.start:b.end, :b.used].clone(), persistent=False)
+            self.register_buffer(f"block_mask_{i}", layout(mask[b.start:b.end, :b.used]), persistent=False)
         self.register_state_dict_post_hook(RowBlockMaskedLinear._save_full_weight)
         self.register_load_state_dict_pre_hook(RowBlockMaskedLinear._load_full_weight)
 
     @classmethod
-    def from_dense(cls, layer: MaskedLinear, blocks: tuple[RowBlock, ...]) -> "RowBlockMaskedLinear":
+    def from_dense(cls, layer: MaskedLinear, blocks: tuple[RowBlock, ...],
+                   binary_input: bool = False) -> "RowBlockMaskedLinear":
         """The same layer (its weights, bias and mask) stored by row block."""
-        return cls(layer.weight, layer.bias, layer.mask, blocks)
+        return cls(layer.weight, layer.bias, layer.mask, blocks, binary_input)
+
+    def _stored_masks(self) -> list[torch.Tensor]:
+        return [getattr(self, f"block_mask_{i}") for i in range(len(self.row_blocks))]
+
+    def _as_blocks(self, stored: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [t.t() for t in stored] if self.binary_input else list(stored)
+
+    def block_weights(self) -> list[torch.Tensor]:
+        """Each block's W[rows, :used] (a transposed view where the layer stores it transposed)."""
+        return self._as_blocks(self.weight_blocks)
 
     def block_masks(self) -> list[torch.Tensor]:
-        return [getattr(self, f"block_mask_{i}") for i in range(len(self.row_blocks))]
+        """Each block's M[rows, :used]."""
+        return self._as_blocks(self._stored_masks())
+
+    def block_grads(self) -> list[torch.Tensor | None]:
+        """Each block's gradient, shaped as W[rows, :used] (None for a block without one)."""
+        return [None if w.grad is None else w.grad.t() if self.binary_input else w.grad for w in self.weight_blocks]
 
     @property
     def weight(self) -> torch.Tensor:
         """The full weight matrix: each block's stored columns, zeros after them."""
-        return torch.cat([F.pad(w, (0, self.in_features - b.used)) for w, b in zip(self.weight_blocks, self.row_blocks)])
+        return torch.cat([F.pad(w, (0, self.in_features - b.used)) for w, b in zip(self.block_weights(), self.row_blocks)])
 
     def masked_weight(self) -> torch.Tensor:
         return torch.cat([F.pad(w * m, (0, self.in_features - b.used))
-                          for w, m, b in zip(self.weight_blocks, self.block_masks(), self.row_blocks)])
+                          for w, m, b in zip(self.block_weights(), self.block_masks(), self.row_blocks)])
 
     def active_row_blocks(self) -> tuple[RowBlock, ...] | None:
         """The row blocks the forward pass multiplies: none off the CPU (see the module docstring)."""
@@ -219,12 +342,16 @@ class RowBlockMaskedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.active_row_blocks() is None:
             return F.linear(x, self.masked_weight(), self.bias)
-        return row_block_linear(x, list(self.weight_blocks), self.bias, self.block_masks(), self.row_blocks)
+        if self.binary_input and sums_ones(flat := x.reshape(-1, x.shape[-1])):
+            return binary_row_block_linear(flat, list(self.weight_blocks), self.bias, self._stored_masks(),
+                                           self.row_blocks).reshape(*x.shape[:-1], self.out_features)
+        return row_block_linear(x, self.block_weights(), self.bias, self.block_masks(), self.row_blocks)
 
     def extra_repr(self) -> str:
         stored = sum(w.numel() for w in self.weight_blocks)
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"row_blocks={len(self.row_blocks)}, stored_weights={stored / (self.in_features * self.out_features):.0%}")
+                f"row_blocks={len(self.row_blocks)}, stored_weights={stored / (self.in_features * self.out_features):.0%}"
+                + (", binary_input=True" if self.binary_input else ""))
 
     @staticmethod
     def _save_full_weight(module: "RowBlockMaskedLinear", state_dict, prefix, local_metadata) -> None:
@@ -244,4 +371,5 @@ class RowBlockMaskedLinear(nn.Module):
                               f"the model {expected}")
             return
         for i, b in enumerate(module.row_blocks):
-            state_dict[f"{prefix}weight_blocks.{i}"] = weight[b.start:b.end, :b.used]
+            block = weight[b.start:b.end, :b.used]
+            state_dict[f"{prefix}weight_blocks.{i}"] = block.t() if module.binary_input else block

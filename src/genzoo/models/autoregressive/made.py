@@ -22,7 +22,8 @@ ordering. Evaluation averages the K models' probabilities, an exact mixture like
 With one mask the hidden units are numbered in order of degree (a relabelling of units, which
 changes nothing about the model), so that every mask is a staircase: the layers then store and
 multiply only its non-zero row blocks (``genzoo.nn.RowBlockMaskedLinear``), about 56% of the
-weights and of the dense products at 784-8000-784.
+weights and of the dense products at 784-8000-784. The layers that read x itself (the first one
+and the direct connections) sum their weight columns over the ones of x instead of multiplying.
 
 Sampling computes each hidden unit once, when the inputs it depends on are known: after x with
 degree t is drawn, the units of degree t are computed and the next output needs nothing else, so
@@ -164,6 +165,12 @@ class MADE(BernoulliAutoregressive):
         self._active_mask = -1
         self.use_mask(0)
         self._store_staircase_layers_by_row_blocks()
+        # Saved, so that a resume knows the layout the checkpoint's Adam moments were saved in:
+        # before the layers that read x stored their blocks transposed, checkpoints lacked it.
+        self.register_buffer("input_layers_transposed", torch.tensor(any(
+            getattr(layer, "binary_input", False) for layer in self.masked_layers())))
+        self._moments_saved_untransposed = False
+        self.register_load_state_dict_pre_hook(MADE._note_saved_input_layout)
 
     @property
     def sorts_hidden_units(self) -> bool:
@@ -206,21 +213,41 @@ class MADE(BernoulliAutoregressive):
             self._relabelled_on_load[i] = (rows, columns)
         state_dict[key] = torch.tensor(True)
 
+    @staticmethod
+    def _note_saved_input_layout(self: "MADE", state_dict, prefix, local_metadata, strict,
+                                 missing_keys, unexpected_keys, error_msgs) -> None:
+        """A checkpoint from before the input layers stored their blocks transposed lacks the flag:
+        its weights load as they are (saved whole), its Adam moments need transposing."""
+        key = prefix + "input_layers_transposed"
+        saved = bool(state_dict.get(key, torch.tensor(False)))
+        self._moments_saved_untransposed = bool(self.input_layers_transposed) and not saved
+        state_dict[key] = self.input_layers_transposed.clone()
+
     @torch.no_grad()
-    def relabel_loaded_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
-        """Apply the relabelling that loading an older checkpoint gave the weights (see
-        ``_relabel_checkpoints_in_drawn_numbering``) to their optimizer state too, so that a resume
-        steps each unit with its own moments. Only dense layers keep their parameters' shapes: a
-        row-block layer's state from such a checkpoint does not fit and is refused on loading."""
+    def adapt_saved_optimizer_state(self, moments: dict[nn.Parameter, dict]) -> None:
+        """Bring an older checkpoint's Adam moments into this model's layout, as loading did its
+        weights: the relabelling of hidden units (``_relabel_checkpoints_in_drawn_numbering``; only
+        dense layers keep their parameters' shapes, a row-block layer's state from such a
+        checkpoint does not fit and is refused), and the transposed blocks of the input layers."""
         for i, (rows, columns) in self._relabelled_on_load.items():
             layer = self.layers[i]
             if not isinstance(layer, MaskedLinear):
                 continue
             for param, order in ((layer.weight, (rows, columns)), (layer.bias, (rows, None))):
-                for name, value in optimizer.state.get(param, {}).items():
+                saved = moments.get(param, {})
+                for name, value in saved.items():
                     if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                        optimizer.state[param][name] = _reorder(value, *order)
-        self._relabelled_on_load = {}
+                        saved[name] = _reorder(value, *order)
+        if self._moments_saved_untransposed:
+            for layer in self.masked_layers():
+                if not getattr(layer, "binary_input", False):
+                    continue
+                for param in layer.weight_blocks:
+                    saved = moments.get(param, {})
+                    for name, value in saved.items():
+                        if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == param.shape[::-1]:
+                            saved[name] = value.t().contiguous()
+        self._relabelled_on_load, self._moments_saved_untransposed = {}, False
 
     @staticmethod
     def _sync_host_state_after_load(module: "MADE", incompatible_keys) -> None:
@@ -260,7 +287,8 @@ class MADE(BernoulliAutoregressive):
             blocks = row_blocks(layer.mask, self.config.row_blocks)
             if row_blocks_fraction(blocks, tuple(layer.mask.shape)) > self.ROW_BLOCKS_MAX_FRACTION:
                 continue
-            stored = RowBlockMaskedLinear.from_dense(layer, blocks)
+            # the first layer and the direct connections read x itself, zeros and ones
+            stored = RowBlockMaskedLinear.from_dense(layer, blocks, binary_input=i == 0 or layer is self.direct)
             if i < len(self.layers):
                 self.layers[i] = stored
             else:

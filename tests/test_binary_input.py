@@ -1,0 +1,220 @@
+"""Layers that read binary data sum weight columns over the ones of x instead of multiplying
+(genzoo.nn.masked, ``binary_input``), and MADE's layers that read x use them."""
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import genzoo
+import genzoo.nn.masked as masked
+from conftest import all_binary, tiny_run_config
+from genzoo.checkpoint import load_checkpoint
+from genzoo.nn import MaskedLinear, RowBlockMaskedLinear, row_blocks
+from genzoo.nn.masked import MIN_UNMASKED_COLUMNS, SPARSE_INPUT_MAX_DENSITY, sums_ones
+from genzoo.training import RunFolder, Trainer
+from test_row_blocks import MASKS
+
+
+def binary_layer(mask: torch.Tensor, num_blocks: int, bias: bool = True, seed: int = 0):
+    """A dense masked layer (float64, random weights) and the same layer stored for binary input."""
+    torch.manual_seed(seed)
+    dense = MaskedLinear(mask.shape[1], mask.shape[0], mask=mask, bias=bias).double()
+    with torch.no_grad():
+        dense.weight.normal_()
+        if bias:
+            dense.bias.normal_()
+    return dense, RowBlockMaskedLinear.from_dense(dense, row_blocks(mask, num_blocks), binary_input=True)
+
+
+def sparse_batch(rows: int, cols: int, density: float = 0.2, seed: int = 0) -> torch.Tensor:
+    x = (torch.rand(rows, cols, generator=torch.Generator().manual_seed(seed)) < density).double()
+    x[0] = 0  # a row without ones
+    x[-1, -1] = 1  # a one in the last column, which no staircase row block may use
+    return x
+
+
+def calls_of(monkeypatch, name: str) -> list[int]:
+    """Count the calls of genzoo.nn.masked's ``name`` from now on."""
+    calls, original = [], getattr(masked, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(masked, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("kind", MASKS)
+@pytest.mark.parametrize("num_blocks", [1, 4, 100])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_sums_of_columns_give_the_masked_product_and_its_gradients(kind, num_blocks, bias, monkeypatch):
+    mask = MASKS[kind]()
+    dense, layer = binary_layer(mask, num_blocks, bias)
+    x = sparse_batch(9, mask.shape[1])
+    sums = calls_of(monkeypatch, "binary_row_block_linear")
+    g = torch.randn(9, mask.shape[0], dtype=torch.float64)
+    for x_needs_grad in (False, True):
+        x_dense, x_layer = (x.clone().requires_grad_(x_needs_grad) for _ in range(2))
+        expected, got = dense(x_dense), layer(x_layer)
+        assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+        dense.zero_grad(), layer.zero_grad()
+        (expected * g).sum().backward()
+        (got * g).sum().backward()
+        for block, grad in zip(layer.row_blocks, layer.block_grads()):
+            assert torch.allclose(grad, dense.weight.grad[block.start:block.end, :block.used], rtol=0, atol=1e-12)
+        if bias:
+            assert torch.allclose(layer.bias.grad, dense.bias.grad, rtol=0, atol=1e-12)
+        if x_needs_grad:
+            assert torch.allclose(x_layer.grad, x_dense.grad, rtol=0, atol=1e-12)
+    assert len(sums) == 2, "the binary batch must take the sums of columns"
+
+
+def test_the_wide_staircase_sums_both_an_unmasked_prefix_and_a_band():
+    _, layer = binary_layer(MASKS["wide-staircase"](), 4)
+    splits = [masked._column_split(b) for b in layer.row_blocks]
+    assert any(full >= MIN_UNMASKED_COLUMNS and used > full for full, used in splits)
+    assert any(full == 0 and used > 0 for full, used in splits)
+
+
+def test_only_the_binary_layers_weight_gradients_are_made_when_a_block_needs_none():
+    dense, layer = binary_layer(MASKS["wide-staircase"](), 4)
+    layer.weight_blocks[1].requires_grad_(False)
+    x = sparse_batch(6, dense.in_features)
+    (layer(x) ** 2).sum().backward()
+    (dense(x) ** 2).sum().backward()
+    assert layer.weight_blocks[1].grad is None and layer.block_grads()[1] is None
+    for i, (block, grad) in enumerate(zip(layer.row_blocks, layer.block_grads())):
+        if i != 1:
+            assert torch.allclose(grad, dense.weight.grad[block.start:block.end, :block.used], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", ["all-zero", "one-row", "leading-dims"])
+def test_sums_of_columns_on_edge_batches(batch):
+    dense, layer = binary_layer(MASKS["wide-staircase"](), 4)
+    x = {"all-zero": torch.zeros(4, 120, dtype=torch.float64),
+         "one-row": sparse_batch(1, 120, seed=3),
+         "leading-dims": sparse_batch(6, 120).reshape(2, 3, 120)}[batch]
+    if batch == "one-row":
+        x[0, 5] = 1
+    assert torch.allclose(layer(x), dense(x), rtol=0, atol=1e-12)
+    assert layer(x).shape == (*x.shape[:-1], 40)
+
+
+@pytest.mark.parametrize("batch", ["half", "dense-ones", "nan", "negative-zero"])
+def test_other_batches_take_the_products_or_the_sums_as_they_should(batch, monkeypatch):
+    dense, layer = binary_layer(MASKS["wide-staircase"](), 4)
+    x = sparse_batch(5, 120)
+    if batch == "half":
+        x[2, 3] = 0.5
+    elif batch == "dense-ones":
+        x = torch.ones(5, 120, dtype=torch.float64)
+    elif batch == "nan":
+        x[1, 1] = float("nan")
+    else:
+        x[x == 0] = -0.0
+    sums, products = calls_of(monkeypatch, "binary_row_block_linear"), calls_of(monkeypatch, "row_block_linear")
+    got, expected = layer(x), dense(x)
+    if batch == "nan":
+        assert torch.equal(got.isnan(), expected.isnan()) and got.isnan().any()
+        got, expected = got.nan_to_num(), expected.nan_to_num()
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    assert (len(sums), len(products)) == ((1, 0) if batch == "negative-zero" else (0, 1))
+
+
+def test_sums_ones_takes_binary_batches_with_few_ones_only():
+    x = torch.zeros(10, 10)
+    x.view(-1)[: int(SPARSE_INPUT_MAX_DENSITY * 100)] = 1
+    assert sums_ones(x)
+    x.view(-1)[int(SPARSE_INPUT_MAX_DENSITY * 100)] = 1
+    assert not sums_ones(x), "one more one than the threshold allows"
+    assert sums_ones(torch.zeros(3, 4)) and sums_ones(torch.zeros(3, 4, dtype=torch.float16))
+    for other in (torch.full((3, 4), 0.5), torch.tensor([[0.0, float("nan")]]), torch.tensor([[0.0, 2.0]]),
+                  torch.zeros(3, 4, dtype=torch.long), torch.zeros(0, 4), torch.zeros(4), torch.zeros(2, 2, 2)):
+        assert not sums_ones(other), other
+
+
+def test_a_binary_layer_stores_its_blocks_transposed_and_saves_the_same_weight():
+    dense, layer = binary_layer(MASKS["wide-staircase"](), 4)
+    rows = RowBlockMaskedLinear.from_dense(dense, layer.row_blocks)
+    for block, stored, view in zip(layer.row_blocks, layer.weight_blocks, layer.block_weights()):
+        assert stored.shape == (block.used, block.end - block.start) and stored.is_contiguous()
+        assert torch.equal(view, dense.weight[block.start:block.end, :block.used])
+    assert torch.equal(layer.state_dict()["weight"], rows.state_dict()["weight"])
+    assert torch.equal(layer.masked_weight(), dense.masked_weight())
+    # either layout loads what the other saved
+    _, other = binary_layer(MASKS["wide-staircase"](), 4, seed=1)
+    other.load_state_dict(rows.state_dict())
+    assert torch.equal(other.weight, layer.weight) and "binary_input=True" in repr(other)
+
+
+def test_a_binary_layer_off_the_cpu_takes_the_assembled_product(monkeypatch):
+    dense, layer = binary_layer(MASKS["wide-staircase"](), 4)
+    x = sparse_batch(5, 120)
+    monkeypatch.setattr(RowBlockMaskedLinear, "active_row_blocks", lambda self: None)
+    sums = calls_of(monkeypatch, "binary_row_block_linear")
+    assert torch.allclose(layer(x), dense(x), rtol=0, atol=1e-12) and not sums
+    assert layer.to("meta")(x.to("meta")).shape == (5, 40)
+
+
+def test_sums_of_columns_under_cpu_autocast_run_in_float32():
+    dense, layer = binary_layer(MASKS["wide-staircase"](), 4)
+    dense, layer = dense.float(), layer.float()
+    x = sparse_batch(5, 120).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, dense(x), atol=1e-5)
+
+
+def test_made_sums_columns_in_the_layers_that_read_x_only():
+    model = genzoo.build_model("made", (64,), hidden_sizes=[48, 40], direct_connections=True,
+                               row_blocks_min_weights=0)
+    kinds = [getattr(layer, "binary_input", None) for layer in model.masked_layers()]
+    assert kinds == [True, False, False, True], "first layer and direct connections read x; the others h"
+    assert bool(model.input_layers_transposed)
+    ensemble = genzoo.build_model("made", (64,), hidden_sizes=[48], num_masks=2)
+    assert not bool(ensemble.input_layers_transposed), "an ensemble's layers stay dense"
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["plain", "direct"])
+def test_made_with_sums_of_columns_is_normalized_and_equals_the_dense_model(direct):
+    hp = dict(hidden_sizes=[24, 20], direct_connections=direct, row_blocks_min_weights=0)
+    blocked = genzoo.build_model("made", (8,), **hp).double()
+    dense = genzoo.build_model("made", (8,), **hp, row_blocks=0).double()
+    dense.load_state_dict(blocked.state_dict())
+    x = all_binary(8)
+    assert torch.allclose(blocked.log_prob(x).exp().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(blocked.log_prob(x), dense.log_prob(x), rtol=0, atol=1e-12)
+
+
+def _fit(config, run_dir, **kwargs):
+    return Trainer(config, run_dir, progress=False, **kwargs).fit()
+
+
+def test_resuming_a_made_checkpoint_saved_before_the_blocks_were_transposed(tmp_path):
+    """A checkpoint whose input layers' Adam moments are in the earlier row-by-row layout (and
+    without ``input_layers_transposed``) resumes exactly as the same run saved now does."""
+    run_dir = tmp_path / "now"
+    hp = {"hidden_sizes": [32], "direct_connections": True, "row_blocks_min_weights": 0}
+    _fit(tiny_run_config("made", epochs=1, model_hp=hp, lr=0.01), run_dir)
+    payload = load_checkpoint(RunFolder(run_dir).last)
+    legacy = {**payload, "model": dict(payload["model"]), "optimizer": copy.deepcopy(payload["optimizer"])}
+    del legacy["model"]["input_layers_transposed"], legacy["model_sha256"]
+    model = genzoo.build_model("made", (64,), **hp)
+    names = [name for name, _ in model.named_parameters()]
+    transposed = [i for i, name in enumerate(names) if name.startswith(("layers.0.weight_blocks", "direct.weight_blocks"))]
+    assert len(transposed) == 16
+    for i in transposed:
+        for key in ("exp_avg", "exp_avg_sq"):
+            legacy["optimizer"]["state"][i][key] = legacy["optimizer"]["state"][i][key].t().contiguous()
+    legacy_dir = tmp_path / "legacy"
+    shutil.copytree(run_dir, legacy_dir)
+    torch.save(legacy, RunFolder(legacy_dir).last)
+
+    resumed = {d: Trainer.resume(d, epochs=3, progress=False).fit().model for d in (run_dir, legacy_dir)}
+    for (name, a), b in zip(resumed[run_dir].state_dict().items(), resumed[legacy_dir].state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name

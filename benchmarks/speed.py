@@ -31,6 +31,7 @@ from common import (add_results_option, at_least, command_line, device_descripti
 from genzoo.config import RunConfig
 from genzoo.devices import resolve_device, tune_cpu_process
 from genzoo.nn import row_blocks_fraction
+from genzoo.nn.masked import sums_ones
 from genzoo.training import make_optimizer
 
 D = 784
@@ -101,12 +102,16 @@ def made_step_matmuls_call(device: torch.device, hidden: int, batch: int) -> tup
     return products, batch * 5 * 2.0 * D * hidden
 
 
-def made_train_flops_per_example(model) -> tuple[float, float]:
+def made_train_flops_per_example(model, x: torch.Tensor | None = None) -> tuple[float, float]:
     """Floating-point operations of one example's training step, (dense, executed). Each masked
     layer does its forward product, the gradient of its weight and — unless it reads the data —
     the gradient of its input, 2 FLOPs per multiply-add; a one-hidden-layer MADE has five products
     of 2·D·H (forward x·W₁ᵀ and h·W₂ᵀ; the gradients of W₂, of h and of W₁). Dense counts every
-    weight; executed counts only the row blocks a layer multiplies (genzoo.nn.masked)."""
+    weight; executed counts only the row blocks a layer multiplies (genzoo.nn.masked), and for a
+    layer that sums weight columns over the ones of the training data ``x`` (``binary_input``),
+    one FLOP per addition: in the forward pass and again in the weight gradient, each one of x
+    adds a stored row of every block that uses its column. Without ``x`` such a layer counts as
+    the products it would otherwise take."""
     layers = [(layer, i == 0) for i, layer in enumerate(model.layers)]
     if model.direct is not None:
         layers.append((model.direct, True))
@@ -117,8 +122,20 @@ def made_train_flops_per_example(model) -> tuple[float, float]:
         fraction = 1.0 if blocks is None else row_blocks_fraction(blocks, shape)
         products = 2 if reads_data else 3
         dense += products * 2 * shape[0] * shape[1]
-        executed += products * 2 * shape[0] * shape[1] * fraction
+        if blocks is not None and reads_data and getattr(layer, "binary_input", False) and x is not None \
+                and sums_ones(x):
+            rows_using_column = torch.zeros(shape[1], dtype=torch.float64)
+            for block in blocks:
+                rows_using_column[:block.used] += block.end - block.start
+            executed += 2 * float((x.double().cpu() @ rows_using_column).mean())
+        else:
+            executed += products * 2 * shape[0] * shape[1] * fraction
     return dense, executed
+
+
+def benchmark_batches(batch: int, steps: int, device: torch.device) -> torch.Tensor:
+    """``steps`` batches of binary data with 13% ones, about binarized MNIST's share."""
+    return (torch.rand(batch * steps, D, generator=torch.Generator().manual_seed(0)) < 0.13).float().to(device)
 
 
 def training_setup(name: str, device: torch.device, steps: int, peer: bool = False, overrides: dict | None = None):
@@ -131,8 +148,7 @@ def training_setup(name: str, device: torch.device, steps: int, peer: bool = Fal
     else:
         model = genzoo.build_model(name, (1, 28, 28), **hyper, **(overrides or {})).to(device)
         optimizer = make_optimizer(model, RunConfig())  # the trainer's own optimizer
-    x = (torch.rand(batch * steps, D, generator=torch.Generator().manual_seed(0)) < 0.13).float().to(device)
-    return model, optimizer, batch, x
+    return model, optimizer, batch, benchmark_batches(batch, steps, device)
 
 
 def trainer_step_context(model: torch.nn.Module) -> contextlib.ExitStack:
@@ -217,7 +233,7 @@ def made_comparison(device: torch.device, hyper: dict, batch: int, rounds: int,
     all interleaved with the peer-style baseline: rates, and fractions of the matmul rate taken
     within each round."""
     dense_flops, executed_flops = made_train_flops_per_example(
-        genzoo.build_model("made", (1, 28, 28), **hyper).to(device))
+        genzoo.build_model("made", (1, 28, 28), **hyper).to(device), benchmark_batches(batch, 8, device))
     rates = interleaved_rates({
         "genzoo": genzoo_steps,
         "peer-style": peer_steps,
@@ -336,11 +352,13 @@ def main() -> None:
             parameters = sum(p.numel() for p in genzoo.build_model("made", (1, 28, 28), **hyper).parameters())
             entry["optimizer_gbps"] = (ADAM_BYTES_PER_PARAMETER * parameters
                                        / (entry["step_breakdown_ms"]["optimizer"] / 1e3) / 1e9)
-            line += (f" | row blocks: {made['train_flops_per_example_executed'] / made['train_flops_per_example_dense']:.0%}"
-                     f" of the dense products, {made['train_gflops_executed']:.1f} GFLOP/s executed "
+            line += (f" | executed: {made['train_flops_per_example_executed'] / made['train_flops_per_example_dense']:.0%}"
+                     f" of the dense products' FLOPs (row blocks, and sums over the ones of x), "
+                     f"{made['train_gflops_executed']:.1f} GFLOP/s executed "
                      f"({made['train_gflops_dense_equivalent']:.1f} dense-equivalent); with dense products "
                      f"{made['dense_products_train_examples_per_second']:.0f} examples/s, "
-                     f"{made['dense_products_train_gflops']:.1f} GFLOP/s (row blocks {made['row_blocks_speedup']:.2f}x) | "
+                     f"{made['dense_products_train_gflops']:.1f} GFLOP/s (row blocks and sums "
+                     f"{made['row_blocks_speedup']:.2f}x) | "
                      f"the five dense products alone, batch {batch}: {made['step_matmuls_gflops']:.1f} GFLOP/s, "
                      f"{made['step_matmuls_ms']:.1f} ms a step | step: "
                      + ", ".join(f"{part} {ms:.1f} ms" for part, ms in entry["step_breakdown_ms"].items())

@@ -409,7 +409,8 @@ def fake_made_parts(monkeypatch):
 
 def test_made_comparison_derives_every_figure_from_the_same_rounds(fake_made_parts):
     hyper, batch = {"hidden_sizes": [1000]}, 4  # wide enough for row blocks: executed < dense
-    dense, executed = speed.made_train_flops_per_example(genzoo.build_model("made", (1, 28, 28), **hyper))
+    dense, executed = speed.made_train_flops_per_example(genzoo.build_model("made", (1, 28, 28), **hyper),
+                                                         speed.benchmark_batches(batch, 8, CPU))
     assert dense == 5 * 2 * 784 * 1000 and executed < 0.9 * dense
     made = speed.made_comparison(CPU, hyper, batch, 3, ("genzoo", 1.0), ("peer", 1.0))
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(a, b))  # noqa: E731

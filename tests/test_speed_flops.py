@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -33,3 +34,25 @@ def test_off_the_cpu_every_product_counts_as_dense():
     model = genzoo.build_model("made", (1, 28, 28), hidden_sizes=[1000]).to("meta")
     dense, executed = made_train_flops_per_example(model)
     assert dense == executed
+
+
+def test_layers_that_sum_columns_count_one_flop_per_addition():
+    """Forward and weight gradient each add, for every one of x, a row of every block that uses
+    its column: counted against a brute-force sum over the mask."""
+    model = genzoo.build_model("made", (1, 28, 28), hidden_sizes=[1000], direct_connections=True)
+    x = (torch.rand(6, 784, generator=torch.Generator().manual_seed(0)) < 0.13).float()
+    _, products_only = made_train_flops_per_example(model)
+    dense, executed = made_train_flops_per_example(model, x)
+    output_layer = model.layers[1]
+    output_flops = 3 * 2 * 784 * 1000 * row_blocks_fraction(output_layer.row_blocks, (784, 1000))
+    adds = 0.0
+    for layer in (model.layers[0], model.direct):
+        assert layer.binary_input
+        rows_per_column = torch.zeros(784)
+        for block in layer.row_blocks:
+            rows_per_column[:block.used] += block.end - block.start
+        adds += 2 * sum(float(rows_per_column[row.bool()].sum()) for row in x) / len(x)
+    assert executed == pytest.approx(output_flops + adds, rel=1e-9)
+    assert executed < 0.6 * products_only < dense
+    # data that is not zeros and ones is multiplied, and counted as products
+    assert made_train_flops_per_example(model, x * 0.5)[1] == products_only

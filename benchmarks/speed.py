@@ -229,7 +229,8 @@ def sampling_calls(name: str, device: torch.device, n: int = 16) -> dict[str, Ca
 def made_comparison(device: torch.device, hyper: dict, batch: int, rounds: int,
                     genzoo_steps: tuple[Callable[[], None], float],
                     peer_steps: tuple[Callable[[], None], float]) -> dict:
-    """MADE's step against its dense-product variant, its bare dense products and the 2048² matmul,
+    """MADE's step against its dense-product variant, its variant without sums of columns (row
+    blocks only), its bare dense products and the 2048² matmul,
     all interleaved with the peer-style baseline: rates, and fractions of the matmul rate taken
     within each round."""
     dense_flops, executed_flops = made_train_flops_per_example(
@@ -238,6 +239,7 @@ def made_comparison(device: torch.device, hyper: dict, batch: int, rounds: int,
         "genzoo": genzoo_steps,
         "peer-style": peer_steps,
         "dense products": training_steps_call("made", device, overrides={"row_blocks": 0}),
+        "row blocks only": training_steps_call("made", device, overrides={"binary_input_sums": False}),
         "bare products": made_step_matmuls_call(device, hyper["hidden_sizes"][0], batch),
         "matmul": matmul_call(device),
         "memory stream": memory_stream_call(device),
@@ -257,6 +259,8 @@ def made_comparison(device: torch.device, hyper: dict, batch: int, rounds: int,
         "dense_products_train_examples_per_second": median(rates["dense products"]),
         "dense_products_train_gflops": median(dense_products) / 1e9,
         "row_blocks_speedup": median_ratio(rates["genzoo"], rates["dense products"]),
+        "row_blocks_only_train_examples_per_second": median(rates["row blocks only"]),
+        "binary_input_sums_speedup": median_ratio(rates["genzoo"], rates["row blocks only"]),
         "step_matmuls_gflops": median(bare) / 1e9,
         "step_matmuls_ms": 1e3 * batch * dense_flops / median(bare),
         "matmul_gflops_interleaved": median(matmul) / 1e9,
@@ -358,7 +362,9 @@ def main() -> None:
                      f"({made['train_gflops_dense_equivalent']:.1f} dense-equivalent); with dense products "
                      f"{made['dense_products_train_examples_per_second']:.0f} examples/s, "
                      f"{made['dense_products_train_gflops']:.1f} GFLOP/s (row blocks and sums "
-                     f"{made['row_blocks_speedup']:.2f}x) | "
+                     f"{made['row_blocks_speedup']:.2f}x); with row blocks but products in the layers that read x "
+                     f"{made['row_blocks_only_train_examples_per_second']:.0f} examples/s (sums "
+                     f"{made['binary_input_sums_speedup']:.2f}x) | "
                      f"the five dense products alone, batch {batch}: {made['step_matmuls_gflops']:.1f} GFLOP/s, "
                      f"{made['step_matmuls_ms']:.1f} ms a step | step: "
                      + ", ".join(f"{part} {ms:.1f} ms" for part, ms in entry["step_breakdown_ms"].items())

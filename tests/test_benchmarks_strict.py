@@ -384,6 +384,7 @@ def test_the_fast_sampling_call_uses_the_fast_sampler(monkeypatch):
 GENZOO = [100.0, 300.0, 200.0]
 PEER_STYLE = [50.0, 100.0, 40.0]  # ratios 2, 3, 5: median 3; medians give 200 / 50 = 4
 DENSE = [50.0, 200.0, 50.0]  # genzoo / dense: 2, 1.5, 4 -> 2
+ROW_BLOCKS_ONLY = [80.0, 150.0, 250.0]  # genzoo / row blocks only: 1.25, 2, 0.8 -> 1.25
 BARE = [4e9, 9e9, 5e9]
 MATMUL = [10e9, 10e9, 20e9]
 STREAM = [1e9, 3e9, 2e9]
@@ -391,7 +392,8 @@ STREAM = [1e9, 3e9, 2e9]
 
 def _fake_rates(contenders, rounds):
     assert rounds == 3
-    rates = {"genzoo": GENZOO, "peer-style": PEER_STYLE, "dense products": DENSE, "bare products": BARE,
+    rates = {"genzoo": GENZOO, "peer-style": PEER_STYLE, "dense products": DENSE, "row blocks only": ROW_BLOCKS_ONLY,
+             "bare products": BARE,
              "matmul": MATMUL, "memory stream": STREAM}
     return {name: rates[name] for name in contenders}
 
@@ -420,6 +422,8 @@ def test_made_comparison_derives_every_figure_from_the_same_rounds(fake_made_par
     assert made["dense_products_train_examples_per_second"] == 50.0
     assert made["dense_products_train_gflops"] == pytest.approx(50.0 * dense / 1e9)
     assert made["row_blocks_speedup"] == pytest.approx(2.0)
+    assert made["row_blocks_only_train_examples_per_second"] == 150.0
+    assert made["binary_input_sums_speedup"] == pytest.approx(1.25)
     assert made["step_matmuls_gflops"] == pytest.approx(5.0)
     # a step of ``batch`` examples: batch · dense FLOPs at the bare products' median rate, in ms
     assert made["step_matmuls_ms"] == pytest.approx(1e3 * batch * dense / 5e9)

@@ -178,6 +178,13 @@ def test_made_sums_columns_in_the_layers_that_read_x_only():
     assert bool(model.input_layers_transposed)
     ensemble = genzoo.build_model("made", (64,), hidden_sizes=[48], num_masks=2)
     assert not bool(ensemble.input_layers_transposed), "an ensemble's layers stay dense"
+    products = genzoo.build_model("made", (64,), hidden_sizes=[48, 40], direct_connections=True,
+                                  row_blocks_min_weights=0, binary_input_sums=False)
+    assert [getattr(layer, "binary_input", None) for layer in products.masked_layers()] == [False] * 4
+    assert not bool(products.input_layers_transposed)
+    products.load_state_dict(model.state_dict())
+    x = sparse_batch(7, 64).float()
+    assert torch.allclose(products.log_prob(x), model.log_prob(x), atol=1e-4)
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["plain", "direct"])
@@ -218,3 +225,35 @@ def test_resuming_a_made_checkpoint_saved_before_the_blocks_were_transposed(tmp_
     resumed = {d: Trainer.resume(d, epochs=3, progress=False).fit().model for d in (run_dir, legacy_dir)}
     for (name, a), b in zip(resumed[run_dir].state_dict().items(), resumed[legacy_dir].state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+@pytest.mark.parametrize("saved_sums, resumed_sums", [(True, False), (False, True), (True, True)])
+def test_adam_moments_follow_the_input_layers_layout_between_models(saved_sums, resumed_sums):
+    """Moments saved with the input layers' blocks transposed (or not) load into a model laid out
+    the other way transposed, and as they are into one laid out the same way; the saved state is
+    left untouched."""
+    from genzoo.training import load_optimizer_state, saved_optimizer_state_in_model_layout
+    hp = dict(hidden_sizes=[40], direct_connections=True, row_blocks_min_weights=0)
+    saved = genzoo.build_model("made", (64,), **hp, binary_input_sums=saved_sums)
+    optimizer = torch.optim.Adam(saved.parameters(), lr=0.01)
+    saved.loss(sparse_batch(8, 64).float()).backward()
+    optimizer.step()
+    state_dict, optimizer_state = saved.state_dict(), copy.deepcopy(optimizer.state_dict())
+    if not saved_sums:
+        del state_dict["input_layers_transposed"]  # as a checkpoint from before the flag
+    resumed = genzoo.build_model("made", (64,), **hp, binary_input_sums=resumed_sums)
+    resumed_optimizer = torch.optim.Adam(resumed.parameters(), lr=0.01)
+    resumed.load_state_dict(state_dict)
+    adapted = saved_optimizer_state_in_model_layout(resumed, resumed_optimizer, optimizer_state)
+    load_optimizer_state(resumed_optimizer, adapted)
+    for layer_name in ("layers.0", "direct"):
+        old, new = saved.get_submodule(layer_name), resumed.get_submodule(layer_name)
+        for old_param, new_param, old_block, new_block in zip(old.weight_blocks, new.weight_blocks,
+                                                              old.block_weights(), new.block_weights()):
+            moment = resumed_optimizer.state[new_param]["exp_avg"]
+            as_block = moment.t() if resumed_sums else moment
+            expected = optimizer.state[old_param]["exp_avg"]
+            assert torch.equal(as_block, expected.t() if saved_sums else expected)
+            assert torch.equal(new_block, old_block)
+    assert all(torch.equal(v["exp_avg"], optimizer.state_dict()["state"][k]["exp_avg"])
+               for k, v in optimizer_state["state"].items())

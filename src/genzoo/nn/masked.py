@@ -17,16 +17,17 @@ M ⊙ W and takes one dense product, which costs little more than the launches t
 Binary inputs. A layer whose inputs are a Bernoulli model's data (x ∈ {0,1}, ``binary_input``)
 needs no multiplications at all: with S(x) the columns where x is 1,
 
-    y = b + Σ_{j ∈ S(x)} (M ⊙ W)[:, j],        ∂L/∂W[:, j] = M[:, j] ⊙ Σ_{rows x of the batch with x_j = 1} ∂L/∂y,
+    y = b + Σ_{j ∈ S(x)} (M ⊙ W)[:, j],        ∂L/∂W[:, j] = M[:, j] ⊙ Σ_{examples with x_j = 1} ∂L/∂y,
 
 sums of weight columns for the output and sums of output gradients for the weight gradient, each
 an ``embedding_bag``. Binarized MNIST is 13% ones, so this reads about an eighth of what the
 product multiplies (measured: forward and weight gradient of a 784 → 8,000 layer at batch 64,
 2.4 ms against 9.9 ms for the dense products on a 2-core CPU; even at half ones they break even).
 Such a layer stores each block transposed, W[rows, :used]ᵀ, so that a column of W is one
-contiguous row of the lookup table and the weight gradient comes out in the parameter's layout.
-(Not as a column-major view of the usual shape: torch's fused Adam runs 3.6× slower on those.) A batch that is not binary,
-or has more than ``SPARSE_INPUT_MAX_DENSITY`` ones, takes the products.
+contiguous row of the lookup table and the weight gradient comes out in the parameter's layout
+(not as a column-major view of the usual shape: torch's fused Adam runs 3.6× slower on those).
+A batch that is not binary, or has more than ``SPARSE_INPUT_MAX_DENSITY`` ones, takes the
+products.
 """
 from __future__ import annotations
 

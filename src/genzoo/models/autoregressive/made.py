@@ -69,6 +69,10 @@ class MADEConfig:
     row_blocks: int = 8
     #: the smallest layer (in weights) that ``row_blocks`` splits
     row_blocks_min_weights: int = 1 << 18
+    #: a row-block layer that reads x itself (the first layer, the direct connections) sums its
+    #: weight columns over the ones of x instead of multiplying (on the CPU; genzoo.nn.masked's
+    #: docstring); False multiplies, as the other layers do
+    binary_input_sums: bool = True
 
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(self.hidden_sizes)
@@ -169,7 +173,7 @@ class MADE(BernoulliAutoregressive):
         # before the layers that read x stored their blocks transposed, checkpoints lacked it.
         self.register_buffer("input_layers_transposed", torch.tensor(any(
             getattr(layer, "binary_input", False) for layer in self.masked_layers())))
-        self._moments_saved_untransposed = False
+        self._moments_in_other_layout = False
         self.register_load_state_dict_pre_hook(MADE._note_saved_input_layout)
 
     @property
@@ -216,11 +220,12 @@ class MADE(BernoulliAutoregressive):
     @staticmethod
     def _note_saved_input_layout(self: "MADE", state_dict, prefix, local_metadata, strict,
                                  missing_keys, unexpected_keys, error_msgs) -> None:
-        """A checkpoint from before the input layers stored their blocks transposed lacks the flag:
-        its weights load as they are (saved whole), its Adam moments need transposing."""
+        """A checkpoint from before the input layers stored their blocks transposed lacks the flag
+        (read as False): its weights load as they are (saved whole), and its Adam moments need
+        transposing where its layout and this model's differ."""
         key = prefix + "input_layers_transposed"
         saved = bool(state_dict.get(key, torch.tensor(False)))
-        self._moments_saved_untransposed = bool(self.input_layers_transposed) and not saved
+        self._moments_in_other_layout = saved != bool(self.input_layers_transposed)
         state_dict[key] = self.input_layers_transposed.clone()
 
     @torch.no_grad()
@@ -238,16 +243,16 @@ class MADE(BernoulliAutoregressive):
                 for name, value in saved.items():
                     if isinstance(value, torch.Tensor) and value.shape == param.shape:
                         saved[name] = _reorder(value, *order)
-        if self._moments_saved_untransposed:
-            for layer in self.masked_layers():
-                if not getattr(layer, "binary_input", False):
+        if self._moments_in_other_layout:
+            for layer in (self.layers[0], self.direct):
+                if not isinstance(layer, RowBlockMaskedLinear):
                     continue
                 for param in layer.weight_blocks:
                     saved = moments.get(param, {})
                     for name, value in saved.items():
                         if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape == param.shape[::-1]:
                             saved[name] = value.t().contiguous()
-        self._relabelled_on_load, self._moments_saved_untransposed = {}, False
+        self._relabelled_on_load, self._moments_in_other_layout = {}, False
 
     @staticmethod
     def _sync_host_state_after_load(module: "MADE", incompatible_keys) -> None:
@@ -288,7 +293,8 @@ class MADE(BernoulliAutoregressive):
             if row_blocks_fraction(blocks, tuple(layer.mask.shape)) > self.ROW_BLOCKS_MAX_FRACTION:
                 continue
             # the first layer and the direct connections read x itself, zeros and ones
-            stored = RowBlockMaskedLinear.from_dense(layer, blocks, binary_input=i == 0 or layer is self.direct)
+            reads_x = i == 0 or layer is self.direct
+            stored = RowBlockMaskedLinear.from_dense(layer, blocks, binary_input=reads_x and self.config.binary_input_sums)
             if i < len(self.layers):
                 self.layers[i] = stored
             else:

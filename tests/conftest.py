@@ -267,3 +267,11 @@ def run_copy(trained_run, tmp_path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(trained_run, copy)
     return copy
+
+
+def resume_beside(run_dir: Path, legacy_payload: dict, legacy_dir: Path, epochs: int = 3) -> dict[Path, genzoo.GenerativeModel]:
+    """Copy the run in ``run_dir`` to ``legacy_dir`` with ``legacy_payload`` as its last checkpoint
+    (the same run as an older genzoo saved it), resume both to ``epochs``, and return their models."""
+    shutil.copytree(run_dir, legacy_dir)
+    torch.save(legacy_payload, genzoo.training.RunFolder(legacy_dir).last)
+    return {d: genzoo.training.Trainer.resume(d, epochs=epochs, progress=False).fit().model for d in (run_dir, legacy_dir)}

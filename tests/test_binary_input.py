@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from torch.nn import functional as F
 
 import genzoo
 import genzoo.nn.masked as masked
-from conftest import all_binary, tiny_run_config
+from conftest import all_binary, resume_beside, tiny_run_config
 from genzoo.checkpoint import load_checkpoint
 from genzoo.nn import MaskedLinear, RowBlockMaskedLinear, row_blocks
 from genzoo.nn.masked import MIN_UNMASKED_COLUMNS, SPARSE_INPUT_MAX_DENSITY, sums_ones
@@ -218,11 +217,7 @@ def test_resuming_a_made_checkpoint_saved_before_the_blocks_were_transposed(tmp_
     for i in transposed:
         for key in ("exp_avg", "exp_avg_sq"):
             legacy["optimizer"]["state"][i][key] = legacy["optimizer"]["state"][i][key].t().contiguous()
-    legacy_dir = tmp_path / "legacy"
-    shutil.copytree(run_dir, legacy_dir)
-    torch.save(legacy, RunFolder(legacy_dir).last)
-
-    resumed = {d: Trainer.resume(d, epochs=3, progress=False).fit().model for d in (run_dir, legacy_dir)}
+    resumed = resume_beside(run_dir, legacy, legacy_dir := tmp_path / "legacy")
     for (name, a), b in zip(resumed[run_dir].state_dict().items(), resumed[legacy_dir].state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
 

@@ -5,7 +5,6 @@ import copy
 import dataclasses
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from PIL import Image
 
 import genzoo
 import genzoo.training
-from conftest import last_checkpoint_epochs, one_second_epochs, tiny_run_config
+from conftest import last_checkpoint_epochs, one_second_epochs, resume_beside, tiny_run_config
 from genzoo.checkpoint import CheckpointError, load_checkpoint
 from genzoo.config import ConfigError, TrainConfig, load_run_config
 from genzoo.data import DataError
@@ -538,11 +537,7 @@ def test_resuming_an_older_made_checkpoint_relabels_adams_moments_with_the_weigh
         moments = legacy["optimizer"]["state"][index[name]]
         for key in ("exp_avg", "exp_avg_sq"):
             moments[key] = _in_drawn_numbering(moments[key], rows, columns)
-    legacy_dir = tmp_path / "legacy"
-    shutil.copytree(run_dir, legacy_dir)
-    torch.save(legacy, RunFolder(legacy_dir).last)
-
-    resumed = {d: Trainer.resume(d, epochs=3, progress=False).fit().model for d in (run_dir, legacy_dir)}
+    resumed = resume_beside(run_dir, legacy, legacy_dir := tmp_path / "legacy")
     for (name, a), b in zip(resumed[run_dir].state_dict().items(), resumed[legacy_dir].state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), name
     for a, b in zip(*(_untimed(RunFolder(d).read_metrics()) for d in (run_dir, legacy_dir)), strict=True):

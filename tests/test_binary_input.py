@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 import genzoo
 import genzoo.nn.masked as masked
-from conftest import all_binary, resume_beside, tiny_run_config
+from conftest import all_binary, randomize, resume_beside, tiny_run_config
 from genzoo.checkpoint import load_checkpoint
 from genzoo.nn import MaskedLinear, RowBlockMaskedLinear, row_blocks
 from genzoo.nn.masked import MIN_UNMASKED_COLUMNS, SPARSE_INPUT_MAX_DENSITY, sums_ones
@@ -187,14 +187,88 @@ def test_made_sums_columns_in_the_layers_that_read_x_only():
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["plain", "direct"])
-def test_made_with_sums_of_columns_is_normalized_and_equals_the_dense_model(direct):
+def test_made_with_sums_of_columns_is_normalized_and_equals_the_dense_model(direct, monkeypatch):
+    # all 2^n inputs are half ones: let every binary batch take the sums
+    monkeypatch.setattr(masked, "SPARSE_INPUT_MAX_DENSITY", 1.0)
+    sums = calls_of(monkeypatch, "binary_row_block_linear")
     hp = dict(hidden_sizes=[24, 20], direct_connections=direct, row_blocks_min_weights=0)
     blocked = genzoo.build_model("made", (8,), **hp).double()
-    dense = genzoo.build_model("made", (8,), **hp, row_blocks=0).double()
+    dense = genzoo.build_model("made", (8,), **hp, row_blocks=0, binary_input_sums=False).double()
     dense.load_state_dict(blocked.state_dict())
     x = all_binary(8)
     assert torch.allclose(blocked.log_prob(x).exp().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-12)
+    assert len(sums) == 1 + direct, "the first layer (and the direct connections) summed"
     assert torch.allclose(blocked.log_prob(x), dense.log_prob(x), rtol=0, atol=1e-12)
+    assert len(sums) == 2 + direct * 2, "the product model must not sum"
+
+
+@pytest.mark.parametrize("order", ["raster", "subgrid-spiral"])
+def test_fvsbn_sums_columns_and_stays_normalized(order, monkeypatch):
+    monkeypatch.setattr(masked, "SPARSE_INPUT_MAX_DENSITY", 1.0)
+    sums = calls_of(monkeypatch, "binary_masked_linear")
+    model = randomize(genzoo.build_model("fvsbn", (1, 3, 3), order=order).double())
+    products = genzoo.build_model("fvsbn", (1, 3, 3), order=order, binary_input_sums=False).double()
+    products.load_state_dict(model.state_dict())
+    assert model.linear.binary_input and not products.linear.binary_input
+    x = all_binary(9)
+    assert torch.allclose(model.log_prob(x).exp().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-12)
+    assert len(sums) == 1
+    assert torch.allclose(model.log_prob(x), products.log_prob(x), rtol=0, atol=1e-12)
+    assert len(sums) == 2, "the product model must not sum"
+    model.loss(x).backward()
+    products.loss(x).backward()
+    for a, b in zip(model.parameters(), products.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", MASKS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_a_dense_binary_layer_sums_what_it_would_multiply(kind, bias, monkeypatch):
+    mask = MASKS[kind]()
+    torch.manual_seed(0)
+    dense = MaskedLinear(mask.shape[1], mask.shape[0], mask=mask, bias=bias).double()
+    summing = MaskedLinear(mask.shape[1], mask.shape[0], mask=mask, bias=bias, binary_input=True).double()
+    summing.load_state_dict(dense.state_dict())
+    sums = calls_of(monkeypatch, "binary_masked_linear")
+    x = sparse_batch(9, mask.shape[1])
+    g = torch.randn(9, mask.shape[0], dtype=torch.float64)
+    for x_needs_grad in (False, True):
+        x_dense, x_summing = (x.clone().requires_grad_(x_needs_grad) for _ in range(2))
+        expected, got = dense(x_dense), summing(x_summing)
+        assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+        dense.zero_grad(), summing.zero_grad()
+        (expected * g).sum().backward()
+        (got * g).sum().backward()
+        assert torch.allclose(summing.weight.grad, dense.weight.grad, rtol=0, atol=1e-12)
+        assert summing.weight.grad.is_contiguous()
+        if bias:
+            assert torch.allclose(summing.bias.grad, dense.bias.grad, rtol=0, atol=1e-12)
+        if x_needs_grad:
+            assert torch.allclose(x_summing.grad, x_dense.grad, rtol=0, atol=1e-12)
+    assert len(sums) == 2
+
+
+def test_a_dense_binary_layer_takes_the_product_for_other_batches_and_off_the_cpu(monkeypatch):
+    mask = MASKS["wide-staircase"]()
+    summing = MaskedLinear(120, 40, mask=mask, binary_input=True).double()
+    sums = calls_of(monkeypatch, "binary_masked_linear")
+    for x in (torch.full((3, 120), 0.5, dtype=torch.float64), torch.ones(3, 120, dtype=torch.float64)):
+        assert torch.allclose(summing(x), F.linear(x, summing.weight * mask, summing.bias), rtol=0, atol=1e-12)
+    assert summing(sparse_batch(2, 120).reshape(2, 1, 120)).shape == (2, 1, 40) and len(sums) == 1
+    assert summing.to("meta")(sparse_batch(3, 120).to("meta")).shape == (3, 40) and len(sums) == 1
+
+
+def test_a_dense_binary_layers_backward_uses_the_mask_of_its_forward():
+    """K masks take turns in a MADE ensemble: a mask set after the forward pass must not reach the
+    gradient of the graph built before it."""
+    first, second = MASKS["random"](), 1 - MASKS["random"]()
+    layer = MaskedLinear(29, 17, mask=first, binary_input=True).double()
+    x = sparse_batch(5, 29)
+    y = layer(x)
+    layer.set_mask(second)
+    y.sum().backward()
+    expected = torch.ones(5, 17, dtype=torch.float64).t() @ x * first
+    assert torch.allclose(layer.weight.grad, expected, rtol=0, atol=1e-12)
 
 
 def _fit(config, run_dir, **kwargs):

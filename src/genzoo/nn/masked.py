@@ -39,7 +39,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 __all__ = ["MaskedLinear", "RowBlock", "RowBlockMaskedLinear", "row_blocks", "row_blocks_fraction",
-           "row_block_linear", "binary_row_block_linear", "sums_ones"]
+           "row_block_linear", "binary_row_block_linear", "binary_masked_linear", "sums_ones"]
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,43 @@ class _BinaryRowBlockLinear(torch.autograd.Function):
         return (grad_x, grad_bias, None, None, *grad_tables)
 
 
+class _BinaryLinear(torch.autograd.Function):
+    """y = x (M ⊙ W)ᵀ + b for binary x and a dense mask, as sums of the columns of M ⊙ W over the
+    ones of x, with the gradient of W as sums of ∂L/∂y (see the module docstring)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
+    def forward(ctx, x, weight, mask, bias):
+        table = (weight * mask).t().contiguous()  # column j of M ⊙ W as row j
+        y = F.embedding_bag(x.nonzero()[:, 1], table, _bags(x.sum(dim=1).long()), mode="sum")
+        if bias is not None:
+            y += bias
+        ctx.save_for_backward(x, table if ctx.needs_input_grad[0] else None, mask)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, table, mask = ctx.saved_tensors
+        grad_x = grad_out @ table.t() if ctx.needs_input_grad[0] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            rows_of_ones = x.t().nonzero()[:, 1]  # the ones column by column
+            grad_table = F.embedding_bag(rows_of_ones, grad_out.contiguous(), _bags(x.sum(dim=0).long()), mode="sum")
+            grad_weight = torch.mul(grad_table.t(), mask, out=torch.empty_like(mask))
+        grad_bias = grad_out.sum(dim=0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return grad_x, grad_weight, None, grad_bias
+
+
+def binary_masked_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor,
+                         bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, M ⊙ W, bias)`` for a 2-D batch of zeros and ones, by sums of the columns of
+    M ⊙ W (transposed afresh at each call, as a dense layer's mask may change between calls)."""
+    return _BinaryLinear.apply(x, weight, mask, bias)
+
+
 def binary_row_block_linear(x: torch.Tensor, tables: list[torch.Tensor], bias: torch.Tensor | None,
                             mask_tables: list[torch.Tensor], blocks: tuple[RowBlock, ...]) -> torch.Tensor:
     """``row_block_linear`` for a 2-D batch of zeros and ones, by sums of weight columns, from the
@@ -247,13 +284,17 @@ def check_row_blocks(blocks: tuple[RowBlock, ...], mask: torch.Tensor) -> None:
 
 class MaskedLinear(nn.Linear):
     """The dense masked layer: every weight is a parameter, and the mask may change (K masks take
-    turns in a MADE ensemble)."""
+    turns in a MADE ensemble). ``binary_input``: on the CPU, a batch of zeros and ones with few
+    enough ones is summed over instead of multiplied (``binary_masked_linear``; the table
+    M ⊙ W is transposed at each call, which pays where the batch is large against the layer)."""
 
     #: the dense layer multiplies every block (see ``RowBlockMaskedLinear``)
     row_blocks = None
 
-    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor | None = None, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor | None = None, bias: bool = True,
+                 binary_input: bool = False):
         super().__init__(in_features, out_features, bias=bias)
+        self.binary_input = binary_input
         self.register_buffer("mask", torch.ones(out_features, in_features), persistent=False)
         if mask is not None:
             self.set_mask(mask)
@@ -274,6 +315,8 @@ class MaskedLinear(nn.Linear):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.binary_input and self.weight.device.type == "cpu" and sums_ones(flat := x.reshape(-1, x.shape[-1])):
+            return binary_masked_linear(flat, self.weight, self.mask, self.bias).reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.masked_weight(), self.bias)
 
 

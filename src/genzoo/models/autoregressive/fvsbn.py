@@ -7,7 +7,8 @@ where "<" is the generation order: raster (the papers'), or ``order = "spiral"``
 ``"subgrid-spiral"`` (see ``orders.py``), which give the later pixels more of their neighbours;
 W is then strictly lower triangular once its rows and columns are put in that order.
 
-``log_prob`` is one masked matrix product; sampling updates one logit per step in O(d), so a
+``log_prob`` is one masked matrix product (on the CPU, for binary x, sums of the weight columns
+over the ones of x: ``genzoo.nn.masked``); sampling updates one logit per step in O(d), so a
 whole sample costs O(D²) — the cost of a single forward pass.
 
 References: Frey, "Graphical Models for Machine Learning and Digital Communication" (1998);
@@ -32,6 +33,9 @@ __all__ = ["FVSBN", "FVSBNConfig"]
 class FVSBNConfig:
     #: the order of the chain rule (see ``orders.py``)
     order: OrderName = "raster"
+    #: on the CPU, sum the weight columns over the ones of x instead of multiplying
+    #: (genzoo.nn.masked's docstring); False multiplies
+    binary_input_sums: bool = True
 
 
 @register_model("fvsbn", FVSBNConfig)
@@ -43,7 +47,8 @@ class FVSBN(BernoulliAutoregressive):
         position = torch.empty_like(self.order)
         position[self.order] = torch.arange(self.num_dims)
         earlier = position.unsqueeze(0) < position.unsqueeze(1)  # earlier[d, j]: x_j comes before x_d
-        self.linear = MaskedLinear(self.num_dims, self.num_dims, mask=earlier.float())
+        self.linear = MaskedLinear(self.num_dims, self.num_dims, mask=earlier.float(),
+                                   binary_input=self.config.binary_input_sums)
         nn.init.zeros_(self.linear.weight)
 
     def generation_order(self) -> torch.Tensor:

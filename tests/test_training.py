@@ -1077,3 +1077,22 @@ def test_the_loss_curve_of_an_unknown_suffix_is_a_png(tmp_path):
 
     records = [{"epoch": 1, "train_loss": 2.0, "valid_nll": 2.1}]
     assert save_loss_curve(records, tmp_path / "curve.v2").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("optimizer_state", [
+    {"state": [], "param_groups": "x"},
+    {"state": {}, "param_groups": [1]},
+    {"state": {0: 5}, "param_groups": [{"params": [0, 1]}]},
+    {"state": {}, "param_groups": [{"lr": 0.1}]},
+], ids=["state-not-a-dict", "group-not-a-dict", "moments-not-a-dict", "group-without-params"])
+def test_resume_refuses_an_optimizer_state_of_another_structure(tmp_path, optimizer_state):
+    """A checkpoint whose optimizer entry is not a torch optimizer's state dict is corrupt: a clear
+    error naming the file, not a TypeError from inside the loading."""
+    run_dir = tmp_path / "run"
+    _fit(tiny_run_config("fvsbn", epochs=1), run_dir)
+    last = RunFolder(run_dir).last
+    payload = load_checkpoint(last)
+    payload["optimizer"] = optimizer_state
+    genzoo.training.save_checkpoint(payload, last)
+    with pytest.raises(CheckpointError, match=r"last\.pt: the checkpoint's optimizer state is not a torch optimizer's"):
+        Trainer.resume(run_dir, epochs=2, progress=False).fit()

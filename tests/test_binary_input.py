@@ -92,15 +92,58 @@ def test_only_the_binary_layers_weight_gradients_are_made_when_a_block_needs_non
 
 
 @pytest.mark.parametrize("batch", ["all-zero", "one-row", "leading-dims"])
-def test_sums_of_columns_on_edge_batches(batch):
+def test_sums_of_columns_on_edge_batches(batch, monkeypatch):
     dense, layer = binary_layer(MASKS["wide-staircase"](), 4)
     x = {"all-zero": torch.zeros(4, 120, dtype=torch.float64),
          "one-row": sparse_batch(1, 120, seed=3),
          "leading-dims": sparse_batch(6, 120).reshape(2, 3, 120)}[batch]
     if batch == "one-row":
         x[0, 5] = 1
-    assert torch.allclose(layer(x), dense(x), rtol=0, atol=1e-12)
-    assert layer(x).shape == (*x.shape[:-1], 40)
+    sums = calls_of(monkeypatch, "binary_row_block_linear")
+    x_dense, x_layer = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, expected = layer(x_layer), dense(x_dense)
+    assert got.shape == (*x.shape[:-1], 40) and len(sums) == 1
+    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    g = torch.randn(expected.shape, dtype=torch.float64)
+    (got * g).sum().backward()
+    (expected * g).sum().backward()
+    for block, grad in zip(layer.row_blocks, layer.block_grads()):
+        assert torch.allclose(grad, dense.weight.grad[block.start:block.end, :block.used], rtol=0, atol=1e-12)
+    assert torch.allclose(layer.bias.grad, dense.bias.grad, rtol=0, atol=1e-12)
+    assert torch.allclose(x_layer.grad, x_dense.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_sums_of_columns_count_the_ones_exactly_in_half_precision(dtype, monkeypatch):
+    """Bags are counted in integers: bfloat16 counts exactly only to 256 and float16 to 2048, so
+    counting in x's dtype put a row's ones into the next row's bag. Here every row has more
+    than 256 ones, and one column is 1 in 2,101 rows (more than 2048, and odd)."""
+    monkeypatch.setattr(masked, "SPARSE_INPUT_MAX_DENSITY", 1.0)
+    rows, cols = 2101, 700
+    x = (torch.rand(rows, cols, generator=torch.Generator().manual_seed(0)) < 0.45).to(dtype)
+    x[:, 3] = 1
+    x[:, 5] = 0
+    mask = torch.ones(6, cols)
+    dense, layer = binary_layer(mask.double(), 2)
+    summing = MaskedLinear(cols, 6, mask=mask, binary_input=True)
+    summing.load_state_dict({k: v.float() for k, v in dense.state_dict().items()})
+    summing, layer = summing.to(dtype), layer.to(dtype)
+    sums = calls_of(monkeypatch, "binary_masked_linear")
+    y = summing(x)
+    y.float().sum().backward()
+    assert len(sums) == 1
+    expected = dense(x.double())
+    assert torch.allclose(y.double(), expected, rtol=0.05, atol=0.5)
+    grad, expected_grad = summing.weight.grad.double(), torch.ones(6, rows, dtype=torch.float64) @ x.double()
+    assert grad[:, 5].eq(0).all()
+    if dtype == torch.float16:  # counts below 2048 are exact: a bag shifted by one shows
+        others = [j for j in range(cols) if j != 3]
+        assert torch.equal(grad[:, others], expected_grad[:, others])
+        assert (grad[:, 3] - rows).abs().max() <= 1
+    else:  # bfloat16 rounds the sums themselves: within 1%
+        assert torch.allclose(grad, expected_grad, rtol=0.01, atol=0)
+    got = layer(x)
+    assert torch.allclose(got.double(), expected, rtol=0.05, atol=0.5)
 
 
 @pytest.mark.parametrize("batch", ["half", "dense-ones", "nan", "negative-zero"])
@@ -159,14 +202,53 @@ def test_a_binary_layer_off_the_cpu_takes_the_assembled_product(monkeypatch):
     assert layer.to("meta")(x.to("meta")).shape == (5, 40)
 
 
-def test_sums_of_columns_under_cpu_autocast_run_in_float32():
+def test_sums_of_columns_under_cpu_autocast_run_in_float32(monkeypatch):
     dense, layer = binary_layer(MASKS["wide-staircase"](), 4)
     dense, layer = dense.float(), layer.float()
     x = sparse_batch(5, 120).float()
+    sums = calls_of(monkeypatch, "binary_row_block_linear")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = layer(x)
-    assert got.dtype == torch.float32
-    assert torch.allclose(got, dense(x), atol=1e-5)
+        got.square().sum().backward()
+    assert got.dtype == torch.float32 and len(sums) == 1
+    expected = dense(x)
+    assert torch.allclose(got, expected, atol=1e-5)
+    expected.square().sum().backward()
+    for block, grad in zip(layer.row_blocks, layer.block_grads()):
+        assert torch.allclose(grad, dense.weight.grad[block.start:block.end, :block.used], atol=1e-4)
+
+
+def test_a_dense_binary_layer_under_autocast_or_another_dtype_takes_the_product(monkeypatch):
+    """The sums would return float32 where autocast's product returns bfloat16, and would accept
+    a float64 batch that the product refuses: both take the product."""
+    layer = MaskedLinear(120, 40, mask=MASKS["wide-staircase"]().float(), binary_input=True)
+    sums = calls_of(monkeypatch, "binary_masked_linear")
+    x = sparse_batch(5, 120).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+    with pytest.raises(RuntimeError):
+        layer(x.double())
+    assert not sums
+    assert layer(x).dtype == torch.float32 and len(sums) == 1
+
+
+def test_binary_layers_refuse_a_batch_of_another_width():
+    dense, layer = binary_layer(MASKS["wide-staircase"](), 4)
+    summing = MaskedLinear(120, 40, mask=MASKS["wide-staircase"](), binary_input=True).double()
+    for narrow_or_wide in (sparse_batch(3, 100), torch.cat([sparse_batch(3, 120), torch.zeros(3, 4, dtype=torch.float64)], 1)):
+        with pytest.raises(ValueError, match=f"input has {narrow_or_wide.shape[1]} features, the layer takes 120"):
+            layer(narrow_or_wide)
+        with pytest.raises(RuntimeError):
+            summing(narrow_or_wide)
+
+
+def test_loading_with_assign_keeps_the_transposed_blocks_contiguous():
+    dense, layer = binary_layer(MASKS["wide-staircase"](), 4)
+    _, other = binary_layer(MASKS["wide-staircase"](), 4, seed=1)
+    other.load_state_dict(layer.state_dict(), assign=True)
+    assert all(w.is_contiguous() for w in other.weight_blocks)
+    x = sparse_batch(4, 120)
+    assert torch.allclose(other(x), dense(x), rtol=0, atol=1e-12)
 
 
 def test_made_sums_columns_in_the_layers_that_read_x_only():
@@ -182,8 +264,8 @@ def test_made_sums_columns_in_the_layers_that_read_x_only():
     assert [getattr(layer, "binary_input", None) for layer in products.masked_layers()] == [False] * 4
     assert not bool(products.input_layers_transposed)
     products.load_state_dict(model.state_dict())
-    x = sparse_batch(7, 64).float()
-    assert torch.allclose(products.log_prob(x), model.log_prob(x), atol=1e-4)
+    x = sparse_batch(7, 64)
+    assert torch.allclose(products.double().log_prob(x), model.double().log_prob(x), rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["plain", "direct"])
@@ -296,7 +378,7 @@ def test_resuming_a_made_checkpoint_saved_before_the_blocks_were_transposed(tmp_
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
 
 
-@pytest.mark.parametrize("saved_sums, resumed_sums", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("saved_sums, resumed_sums", [(True, False), (False, True), (True, True), (False, False)])
 def test_adam_moments_follow_the_input_layers_layout_between_models(saved_sums, resumed_sums):
     """Moments saved with the input layers' blocks transposed (or not) load into a model laid out
     the other way transposed, and as they are into one laid out the same way; the saved state is
@@ -326,3 +408,30 @@ def test_adam_moments_follow_the_input_layers_layout_between_models(saved_sums, 
             assert torch.equal(new_block, old_block)
     assert all(torch.equal(v["exp_avg"], optimizer.state_dict()["state"][k]["exp_avg"])
                for k, v in optimizer_state["state"].items())
+
+
+@pytest.mark.parametrize("saved_sums", [False, True], ids=["older-layout", "same-layout"])
+def test_square_blocks_moments_follow_the_flag_not_the_shape(saved_sums):
+    """A square block's moments have the same shape in either layout: only the checkpoint's
+    ``input_layers_transposed`` flag tells whether to transpose them."""
+    from genzoo.training import saved_optimizer_state_in_model_layout
+    hp = dict(hidden_sizes=[8], row_blocks=2, row_blocks_min_weights=0, mask_seed=1)
+    resumed = genzoo.build_model("made", (8,), **hp)
+    square = [p for p in resumed.layers[0].weight_blocks if p.shape[0] == p.shape[1]]
+    assert square, "the config must give the first layer a square block"
+    saved = genzoo.build_model("made", (8,), **hp, binary_input_sums=saved_sums)
+    optimizer = torch.optim.Adam(saved.parameters(), lr=0.01)
+    saved.loss(sparse_batch(8, 8, density=0.3).float()).backward()
+    optimizer.step()
+    state_dict, optimizer_state = saved.state_dict(), copy.deepcopy(optimizer.state_dict())
+    if not saved_sums:
+        del state_dict["input_layers_transposed"]
+    resumed.load_state_dict(state_dict)
+    resumed_optimizer = torch.optim.Adam(resumed.parameters(), lr=0.01)
+    adapted = saved_optimizer_state_in_model_layout(resumed, resumed_optimizer, optimizer_state)
+    names = [name for name, _ in resumed.named_parameters()]
+    for param in square:
+        i = next(j for j, p in enumerate(resumed.parameters()) if p is param)
+        saved_param = dict(saved.named_parameters())[names[i]]
+        expected = optimizer.state[saved_param]["exp_avg"]
+        assert torch.equal(adapted["state"][i]["exp_avg"], expected if saved_sums else expected.t())

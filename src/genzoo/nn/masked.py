@@ -27,7 +27,7 @@ Such a layer stores each block transposed, W[rows, :used]ᵀ, so that a column o
 contiguous row of the lookup table and the weight gradient comes out in the parameter's layout
 (not as a column-major view of the usual shape: torch's fused Adam runs 3.6× slower on those).
 A batch that is not binary, or has more than ``SPARSE_INPUT_MAX_DENSITY`` ones, takes the
-products.
+products. Like the row-block products, the sums are differentiable once (no double backward).
 """
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ class _BinaryRowBlockLinear(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x, bias, mask_tables, blocks, *tables):
         columns = x.nonzero()[:, 1]  # row by row, as the bags take them
-        ones_before = F.pad(x.cumsum(dim=1), (1, 0)).long()
+        ones_before = F.pad((x != 0).cumsum(dim=1), (1, 0))  # counted in integers: exact in any dtype
         outputs = []
         for block, (full, used), table, mask in zip(blocks, map(_column_split, blocks), tables, mask_tables):
             y = bias[block.start:block.end].expand(len(x), -1).clone() if bias is not None else \
@@ -193,7 +193,7 @@ class _BinaryRowBlockLinear(torch.autograd.Function):
         needs_x, needs_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = torch.zeros_like(x) if needs_x else None
         rows_of_ones = x.t().nonzero()[:, 1]  # the ones column by column
-        first_one_of_column = _bags(x.sum(dim=0).long())
+        first_one_of_column = _bags((x != 0).sum(dim=0))
         grad_tables = []
         for i, (block, (full, used), table, mask) in enumerate(
                 zip(ctx.blocks, map(_column_split, ctx.blocks), tables, ctx.mask_tables)):
@@ -225,7 +225,7 @@ class _BinaryLinear(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, x, weight, mask, bias):
         table = (weight * mask).t().contiguous()  # column j of M ⊙ W as row j
-        y = F.embedding_bag(x.nonzero()[:, 1], table, _bags(x.sum(dim=1).long()), mode="sum")
+        y = F.embedding_bag(x.nonzero()[:, 1], table, _bags((x != 0).sum(dim=1)), mode="sum")
         if bias is not None:
             y += bias
         ctx.save_for_backward(x, table if ctx.needs_input_grad[0] else None, mask)
@@ -241,7 +241,7 @@ class _BinaryLinear(torch.autograd.Function):
         grad_weight = None
         if ctx.needs_input_grad[1]:
             rows_of_ones = x.t().nonzero()[:, 1]  # the ones column by column
-            grad_table = F.embedding_bag(rows_of_ones, grad_out.contiguous(), _bags(x.sum(dim=0).long()), mode="sum")
+            grad_table = F.embedding_bag(rows_of_ones, grad_out.contiguous(), _bags((x != 0).sum(dim=0)), mode="sum")
             grad_weight = torch.mul(grad_table.t(), mask, out=torch.empty_like(mask))
         grad_bias = grad_out.sum(dim=0) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return grad_x, grad_weight, None, grad_bias
@@ -290,6 +290,7 @@ class MaskedLinear(nn.Linear):
 
     #: the dense layer multiplies every block (see ``RowBlockMaskedLinear``)
     row_blocks = None
+    binary_input = False
 
     def __init__(self, in_features: int, out_features: int, mask: torch.Tensor | None = None, bias: bool = True,
                  binary_input: bool = False):
@@ -315,7 +316,11 @@ class MaskedLinear(nn.Linear):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.binary_input and self.weight.device.type == "cpu" and sums_ones(flat := x.reshape(-1, x.shape[-1])):
+        # what the product would refuse or compute in another dtype (x's width or dtype is not the
+        # weight's, or autocast would run it in bfloat16) takes the product
+        if (self.binary_input and self.weight.device.type == "cpu" and x.shape[-1] == self.in_features
+                and x.dtype == self.weight.dtype and not torch.is_autocast_enabled("cpu")
+                and sums_ones(flat := x.reshape(-1, x.shape[-1]))):
             return binary_masked_linear(flat, self.weight, self.mask, self.bias).reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.masked_weight(), self.bias)
 
@@ -325,6 +330,8 @@ class RowBlockMaskedLinear(nn.Module):
     (``weight_blocks``; see the module docstring). ``weight`` is the full matrix, assembled.
     ``binary_input``: the inputs are zeros and ones, summed over instead of multiplied, and each
     block is stored transposed, W[rows, :used]ᵀ."""
+
+    binary_input = False
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor,
                  blocks: tuple[RowBlock, ...], binary_input: bool = False):
@@ -386,7 +393,9 @@ class RowBlockMaskedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.active_row_blocks() is None:
             return F.linear(x, self.masked_weight(), self.bias)
-        if self.binary_input and sums_ones(flat := x.reshape(-1, x.shape[-1])):
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input has {x.shape[-1]} features, the layer takes {self.in_features}")
+        if self.binary_input and x.dtype == self.weight_blocks[0].dtype and sums_ones(flat := x.reshape(-1, x.shape[-1])):
             return binary_row_block_linear(flat, list(self.weight_blocks), self.bias, self._stored_masks(),
                                            self.row_blocks).reshape(*x.shape[:-1], self.out_features)
         return row_block_linear(x, self.block_weights(), self.bias, self.block_masks(), self.row_blocks)
@@ -416,4 +425,5 @@ class RowBlockMaskedLinear(nn.Module):
             return
         for i, b in enumerate(module.row_blocks):
             block = weight[b.start:b.end, :b.used]
-            state_dict[f"{prefix}weight_blocks.{i}"] = block.t() if module.binary_input else block
+            # contiguous, for load_state_dict(assign=True): a strided view would slow fused Adam
+            state_dict[f"{prefix}weight_blocks.{i}"] = (block.t() if module.binary_input else block).contiguous()

@@ -22,8 +22,9 @@ ordering. Evaluation averages the K models' probabilities, an exact mixture like
 With one mask the hidden units are numbered in order of degree (a relabelling of units, which
 changes nothing about the model), so that every mask is a staircase: the layers then store and
 multiply only its non-zero row blocks (``genzoo.nn.RowBlockMaskedLinear``), about 56% of the
-weights and of the dense products at 784-8000-784. The layers that read x itself (the first one
-and the direct connections) sum their weight columns over the ones of x instead of multiplying.
+weights and of the dense products at 784-8000-784. Stored so, the layers that read x itself (the
+first one and the direct connections) sum their weight columns over the ones of x instead of
+multiplying; dense layers (K masks, small layers, ``row_blocks = 0``) multiply.
 
 Sampling computes each hidden unit once, when the inputs it depends on are known: after x with
 degree t is drawn, the units of degree t are computed and the next output needs nothing else, so

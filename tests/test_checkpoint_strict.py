@@ -36,9 +36,9 @@ def test_a_checkpoint_whose_tensor_was_reinterpreted_is_refused(tmp_path, change
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("shape", [[0], [1, 0, 8], [-2], [2.0], ["8"], "8"])
+@pytest.mark.parametrize("shape", [[0], [1, 0, 8], [-2], [2.0], ["8"], "8", [True, 8]])
 def test_a_checkpoint_with_an_impossible_data_shape_is_refused(tmp_path, shape):
-    """A data shape holds positive integers: a 0 or negative size, a float or a string is damage."""
+    """A data shape holds positive integers: a 0 or negative size, a float, a string or a bool is damage."""
     path = tmp_path / "ckpt.pt"
     save_checkpoint({"config": CONFIG, "data_shape": shape, "model": {"w": torch.zeros(2)}}, path)
     with pytest.raises(CheckpointError, match="its config, data shape or model weights are not what genzoo writes"):

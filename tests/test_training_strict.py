@@ -414,7 +414,7 @@ def test_only_the_last_line_of_metrics_may_be_cut_short(tmp_path):
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
 
 
-@pytest.mark.parametrize("line", ['{"epoch": "2"}', '{"train_loss": 1.0}', '[1, 2]', '{"epoch": 2.0}'])
+@pytest.mark.parametrize("line", ['{"epoch": "2"}', '{"train_loss": 1.0}', '[1, 2]', '{"epoch": 2.0}', '{"epoch": true}'])
 def test_a_metrics_line_that_is_json_but_no_epoch_record_is_named(tmp_path, line):
     """A resume compares each record's epoch with the checkpoint's: a record without an integer
     epoch is corruption named by its line, not a KeyError or TypeError later."""

@@ -92,7 +92,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     shape = payload["data_shape"]
     if (not isinstance(payload["config"], dict) or not isinstance(payload["model"], dict)
             or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload["model"].items())
-            or not isinstance(shape, (list, tuple)) or not all(isinstance(n, int) and n > 0 for n in shape)):
+            or not isinstance(shape, (list, tuple))
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
         raise CheckpointError(f"checkpoint {path} is corrupt: its config, data shape or model weights are not what genzoo writes")
     # checkpoints written before the checksum have none to check
     if "model_sha256" in payload and payload["model_sha256"] != weights_sha256(payload["model"]):

@@ -121,7 +121,7 @@ class RunFolder:
                     break
                 raise ValueError(f"{self.metrics} line {number} is not a JSON record ({error.msg}): the file is "
                                  "corrupt; delete that line (and the ones after it) to resume the run") from None
-            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) or isinstance(record["epoch"], bool):
                 raise ValueError(f"{self.metrics} line {number} is not an epoch record: the file is corrupt")
             records.append(record)
         return records

@@ -174,16 +174,16 @@ class _BinaryRowBlockLinear(torch.autograd.Function):
         ones_before = F.pad((x != 0).cumsum(dim=1), (1, 0))  # counted in integers: exact in any dtype
         outputs = []
         for block, (full, used), table, mask in zip(blocks, map(_column_split, blocks), tables, mask_tables):
-            y = bias[block.start:block.end].expand(len(x), -1).clone() if bias is not None else \
-                x.new_zeros(len(x), block.end - block.start)
-            if full:
-                y += _column_sums(columns, ones_before, 0, full, table[:full])
-            if used > full:
-                y += _column_sums(columns, ones_before, full, used, table[full:used] * mask[full:used])
+            parts = [_column_sums(columns, ones_before, lo, hi, part) for lo, hi, part in (
+                (0, full, table[:full]), (full, used, table[full:used] * mask[full:used])) if hi > lo]
+            y = parts[0] if parts else x.new_zeros(len(x), block.end - block.start)
+            for part in parts[1:]:
+                y += part
             outputs.append(y)
         ctx.save_for_backward(x, *tables)
         ctx.blocks, ctx.mask_tables, ctx.has_bias = blocks, mask_tables, bias is not None
-        return torch.cat(outputs, dim=1)
+        y = torch.cat(outputs, dim=1)
+        return y.add_(bias) if bias is not None else y
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")

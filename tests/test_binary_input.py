@@ -47,28 +47,42 @@ def calls_of(monkeypatch, name: str) -> list[int]:
     return calls
 
 
+def full_weight_grad(layer) -> torch.Tensor:
+    """A layer's weight gradient as the full matrix (a row-block layer's blocks, zeros after them)."""
+    if not isinstance(layer, RowBlockMaskedLinear):
+        return layer.weight.grad
+    grad = torch.zeros(layer.out_features, layer.in_features, dtype=layer.weight_blocks[0].dtype)
+    for block, block_grad in zip(layer.row_blocks, layer.block_grads()):
+        grad[block.start:block.end, :block.used] = block_grad
+    return grad
+
+
+def assert_sums_match_the_product(summing, dense, x: torch.Tensor) -> None:
+    """The summing layer's output and its weight, bias and input gradients are the dense masked
+    layer's (float64), with x needing no gradient and then needing one."""
+    g = torch.randn(*x.shape[:-1], dense.out_features, dtype=torch.float64)
+    for x_needs_grad in (False, True):
+        x_dense, x_summing = (x.clone().requires_grad_(x_needs_grad) for _ in range(2))
+        expected, got = dense(x_dense), summing(x_summing)
+        assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+        dense.zero_grad(), summing.zero_grad()
+        (expected * g).sum().backward()
+        (got * g).sum().backward()
+        assert torch.allclose(full_weight_grad(summing), dense.weight.grad, rtol=0, atol=1e-12)
+        if dense.bias is not None:
+            assert torch.allclose(summing.bias.grad, dense.bias.grad, rtol=0, atol=1e-12)
+        if x_needs_grad:
+            assert torch.allclose(x_summing.grad, x_dense.grad, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", MASKS)
 @pytest.mark.parametrize("num_blocks", [1, 4, 100])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 def test_sums_of_columns_give_the_masked_product_and_its_gradients(kind, num_blocks, bias, monkeypatch):
     mask = MASKS[kind]()
     dense, layer = binary_layer(mask, num_blocks, bias)
-    x = sparse_batch(9, mask.shape[1])
     sums = calls_of(monkeypatch, "binary_row_block_linear")
-    g = torch.randn(9, mask.shape[0], dtype=torch.float64)
-    for x_needs_grad in (False, True):
-        x_dense, x_layer = (x.clone().requires_grad_(x_needs_grad) for _ in range(2))
-        expected, got = dense(x_dense), layer(x_layer)
-        assert torch.allclose(got, expected, rtol=0, atol=1e-12)
-        dense.zero_grad(), layer.zero_grad()
-        (expected * g).sum().backward()
-        (got * g).sum().backward()
-        for block, grad in zip(layer.row_blocks, layer.block_grads()):
-            assert torch.allclose(grad, dense.weight.grad[block.start:block.end, :block.used], rtol=0, atol=1e-12)
-        if bias:
-            assert torch.allclose(layer.bias.grad, dense.bias.grad, rtol=0, atol=1e-12)
-        if x_needs_grad:
-            assert torch.allclose(x_layer.grad, x_dense.grad, rtol=0, atol=1e-12)
+    assert_sums_match_the_product(layer, dense, sparse_batch(9, mask.shape[1]))
     assert len(sums) == 2, "the binary batch must take the sums of columns"
 
 
@@ -100,17 +114,9 @@ def test_sums_of_columns_on_edge_batches(batch, monkeypatch):
     if batch == "one-row":
         x[0, 5] = 1
     sums = calls_of(monkeypatch, "binary_row_block_linear")
-    x_dense, x_layer = x.clone().requires_grad_(), x.clone().requires_grad_()
-    got, expected = layer(x_layer), dense(x_dense)
-    assert got.shape == (*x.shape[:-1], 40) and len(sums) == 1
-    assert torch.allclose(got, expected, rtol=0, atol=1e-12)
-    g = torch.randn(expected.shape, dtype=torch.float64)
-    (got * g).sum().backward()
-    (expected * g).sum().backward()
-    for block, grad in zip(layer.row_blocks, layer.block_grads()):
-        assert torch.allclose(grad, dense.weight.grad[block.start:block.end, :block.used], rtol=0, atol=1e-12)
-    assert torch.allclose(layer.bias.grad, dense.bias.grad, rtol=0, atol=1e-12)
-    assert torch.allclose(x_layer.grad, x_dense.grad, rtol=0, atol=1e-12)
+    assert layer(x).shape == (*x.shape[:-1], 40) and len(sums) == 1
+    assert_sums_match_the_product(layer, dense, x)
+    assert len(sums) == 3
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
@@ -312,22 +318,8 @@ def test_a_dense_binary_layer_sums_what_it_would_multiply(kind, bias, monkeypatc
     summing = MaskedLinear(mask.shape[1], mask.shape[0], mask=mask, bias=bias, binary_input=True).double()
     summing.load_state_dict(dense.state_dict())
     sums = calls_of(monkeypatch, "binary_masked_linear")
-    x = sparse_batch(9, mask.shape[1])
-    g = torch.randn(9, mask.shape[0], dtype=torch.float64)
-    for x_needs_grad in (False, True):
-        x_dense, x_summing = (x.clone().requires_grad_(x_needs_grad) for _ in range(2))
-        expected, got = dense(x_dense), summing(x_summing)
-        assert torch.allclose(got, expected, rtol=0, atol=1e-12)
-        dense.zero_grad(), summing.zero_grad()
-        (expected * g).sum().backward()
-        (got * g).sum().backward()
-        assert torch.allclose(summing.weight.grad, dense.weight.grad, rtol=0, atol=1e-12)
-        assert summing.weight.grad.is_contiguous()
-        if bias:
-            assert torch.allclose(summing.bias.grad, dense.bias.grad, rtol=0, atol=1e-12)
-        if x_needs_grad:
-            assert torch.allclose(x_summing.grad, x_dense.grad, rtol=0, atol=1e-12)
-    assert len(sums) == 2
+    assert_sums_match_the_product(summing, dense, sparse_batch(9, mask.shape[1]))
+    assert summing.weight.grad.is_contiguous() and len(sums) == 2
 
 
 def test_a_dense_binary_layer_takes_the_product_for_other_batches_and_off_the_cpu(monkeypatch):

@@ -43,6 +43,8 @@ PEER = {
 }
 #: the same model multiplying in the layers that read x, where genzoo sums over its ones instead
 WITHOUT_SUMS = {"fvsbn": {"binary_input_sums": False}, "made": {"binary_input_sums": False}}
+#: training steps in one timed call of genzoo's model (benchmark_batches gives them their data)
+TIMED_STEPS = 8
 CONFIGS = {  # the peer's published hyperparameters
     "made": ({"hidden_sizes": [8000]}, 64),
     "nade": ({"hidden_size": 500}, 512),
@@ -163,7 +165,7 @@ def trainer_step_context(model: torch.nn.Module) -> contextlib.ExitStack:
     return stack
 
 
-def training_steps_call(name: str, device: torch.device, steps: int = 8, peer: bool = False,
+def training_steps_call(name: str, device: torch.device, steps: int = TIMED_STEPS, peer: bool = False,
                         overrides: dict | None = None) -> tuple[Callable[[], None], float]:
     """``steps`` training steps of genzoo's model and optimizer, or of the peer-style baseline;
     (call, examples per call)."""
@@ -236,7 +238,7 @@ def made_comparison(device: torch.device, hyper: dict, batch: int, rounds: int,
     all interleaved with the peer-style baseline: rates, and fractions of the matmul rate taken
     within each round."""
     dense_flops, executed_flops = made_train_flops_per_example(
-        genzoo.build_model("made", (1, 28, 28), **hyper).to(device), benchmark_batches(batch, 8, device))
+        genzoo.build_model("made", (1, 28, 28), **hyper).to(device), benchmark_batches(batch, TIMED_STEPS, device))
     rates = interleaved_rates({
         "genzoo": genzoo_steps,
         "peer-style": peer_steps,

@@ -116,6 +116,17 @@ def check_resumable(payload: dict[str, Any], path: str | Path) -> None:
             raise CheckpointError(f"{path} is corrupt: its {key!r} is a {type(payload[key]).__name__}")
     if not all(isinstance(payload["rng"].get(key), torch.Tensor) for key in ("data_order", "torch")):
         raise CheckpointError(f"{path} is corrupt: its random-generator states are missing")
+    if not _is_optimizer_state(payload["optimizer"]):
+        raise CheckpointError(f"{path}: the checkpoint's optimizer state is not a torch optimizer's state dict: the "
+                              "file is corrupt; evaluate or sample from the run, or train anew")
+
+
+def _is_optimizer_state(state: dict[str, Any]) -> bool:
+    """Whether ``state`` has the structure of a torch optimizer's state dict: {"state": {id: {name:
+    value}}, "param_groups": [{"params": [id, ...], ...}]}."""
+    return (isinstance(state.get("state"), dict) and all(isinstance(m, dict) for m in state["state"].values())
+            and isinstance(state.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in state["param_groups"]))
 
 
 def model_from_checkpoint(payload: dict[str, Any], path: str | Path = "checkpoint") -> GenerativeModel:

@@ -213,37 +213,24 @@ def saved_optimizer_state_in_model_layout(model: GenerativeModel, optimizer: tor
                                           state: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's optimizer state, with each model (a model inside another, like a VQ-VAE's
     prior, included) given its parameters' saved moments to adapt to the layout its weights loaded
-    in (``GenerativeModel.adapt_saved_optimizer_state``); the checkpoint's own dicts are untouched."""
-    if not is_optimizer_state(state):
-        return state  # load_optimizer_state refuses it
+    in (``GenerativeModel.adapt_saved_optimizer_state``); the checkpoint's own dicts are untouched.
+    ``state`` has the structure ``check_resumable`` checks."""
     state = {**state, "state": {key: dict(value) for key, value in state["state"].items()}}
     params = [p for group in optimizer.param_groups for p in group["params"]]
     saved_ids = [i for group in state["param_groups"] for i in group["params"]]
     if len(params) != len(saved_ids):
         return state  # load_optimizer_state refuses it
     moments = {param: state["state"][saved_id] for param, saved_id in zip(params, saved_ids)
-               if isinstance(state["state"].get(saved_id), dict)}
+               if saved_id in state["state"]}
     for module in model.modules():
         if isinstance(module, GenerativeModel):
             module.adapt_saved_optimizer_state(moments)
     return state
 
 
-def is_optimizer_state(state: object) -> bool:
-    """Whether ``state`` has the structure of a torch optimizer's state dict: {"state": {id: {name:
-    value}}, "param_groups": [{"params": [id, ...], ...}]}."""
-    return (isinstance(state, dict) and isinstance(state.get("state"), dict)
-            and all(isinstance(moments, dict) for moments in state["state"].values())
-            and isinstance(state.get("param_groups"), list)
-            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in state["param_groups"]))
-
-
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Restore a checkpoint's optimizer state, refusing one whose parameters are not this model's:
     torch checks only how many there are, and Adam would then step with moments of other shapes."""
-    if not is_optimizer_state(state):
-        raise CheckpointError("the checkpoint's optimizer state is not a torch optimizer's state dict: the file is "
-                              "corrupt; evaluate or sample from the run, or train anew")
     problem = None
     saved_groups = state.get("param_groups", [])
     if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in optimizer.param_groups]:
@@ -526,11 +513,7 @@ class Trainer:
             check_same_data(payload, data, data_fingerprint, cfg.data.name, f"cannot resume {self.run.path}")
             self.run.remove_partial_writes()
             load_weights(model, payload["model"], f"{self.run.last} does not match this run's model")
-            optimizer_state = saved_optimizer_state_in_model_layout(model, optimizer, payload["optimizer"])
-            try:
-                load_optimizer_state(optimizer, optimizer_state)
-            except CheckpointError as error:
-                raise CheckpointError(f"{self.run.last}: {error}") from None
+            load_optimizer_state(optimizer, saved_optimizer_state_in_model_layout(model, optimizer, payload["optimizer"]))
             load_scheduler_state(scheduler, payload["scheduler"])
             try:
                 restore_random_states(payload["rng"], data_order, self.device)

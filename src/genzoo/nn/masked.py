@@ -85,6 +85,16 @@ def _column_split(block: RowBlock) -> tuple[int, int]:
     return (block.full if block.full >= MIN_UNMASKED_COLUMNS else 0), block.used
 
 
+def _add_input_gradient(grad_x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, band: torch.Tensor,
+                        full: int, used: int) -> None:
+    """grad_x[:, :used] += g · (M ⊙ W) for a block: its unmasked columns ``w[:, :full]`` as they are
+    and its masked ``band`` (columns full..used)."""
+    if full:
+        grad_x[:, :full].addmm_(g, w[:, :full])
+    if used > full:
+        grad_x[:, full:used].addmm_(g, band)
+
+
 class _RowBlockLinear(torch.autograd.Function):
     """y = x (M ⊙ W)ᵀ + b from each block's W[rows, :used] and M[rows, :used], with the
     gradients of x, of each block's weights and of b."""
@@ -120,10 +130,7 @@ class _RowBlockLinear(torch.autograd.Function):
                 zip(ctx.blocks, ctx.splits, block_weights, ctx.bands, ctx.block_masks)):
             g = grad_out[:, block.start:block.end]
             if needs_x:
-                if full:
-                    grad_x[:, :full].addmm_(g, w[:, :full])
-                if used > full:
-                    grad_x[:, full:used].addmm_(g, band)
+                _add_input_gradient(grad_x, g, w, band, full, used)
             if not ctx.needs_input_grad[4 + i]:
                 grad_weights.append(None)
                 continue
@@ -163,6 +170,19 @@ def _column_sums(columns: torch.Tensor, ones_before: torch.Tensor, lo: int, hi: 
     return F.embedding_bag(columns[keep] - lo, table, _bags(ones_before[:, hi] - ones_before[:, lo]), mode="sum")
 
 
+def _ones_by_column(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ones of x column by column: the batch row of each, and where each column's run starts."""
+    return x.t().nonzero()[:, 1], _bags((x != 0).sum(dim=0))
+
+
+def _summed_gradient(ones_by_column: tuple[torch.Tensor, torch.Tensor], g: torch.Tensor, used: int) -> torch.Tensor:
+    """The transposed weight gradient of columns [0, used): row j sums g over the batch's rows
+    whose x_j is 1."""
+    rows_of_ones, first_one_of_column = ones_by_column
+    ones_used = int(first_one_of_column[used]) if used < len(first_one_of_column) else len(rows_of_ones)
+    return F.embedding_bag(rows_of_ones[:ones_used], g.contiguous(), first_one_of_column[:used], mode="sum")
+
+
 class _BinaryRowBlockLinear(torch.autograd.Function):
     """y = x (M ⊙ W)ᵀ + b for binary x, as sums of weight columns over the ones of x (see the
     module docstring), from each block's transposed weights W[rows, :used]ᵀ and mask."""
@@ -192,24 +212,17 @@ class _BinaryRowBlockLinear(torch.autograd.Function):
         x, *tables = ctx.saved_tensors
         needs_x, needs_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = torch.zeros_like(x) if needs_x else None
-        rows_of_ones = x.t().nonzero()[:, 1]  # the ones column by column
-        first_one_of_column = _bags((x != 0).sum(dim=0))
+        ones_by_column = _ones_by_column(x)
         grad_tables = []
         for i, (block, (full, used), table, mask) in enumerate(
                 zip(ctx.blocks, map(_column_split, ctx.blocks), tables, ctx.mask_tables)):
             g = grad_out[:, block.start:block.end]
             if needs_x:
-                if full:
-                    grad_x[:, :full].addmm_(g, table[:full].t())
-                if used > full:
-                    grad_x[:, full:used].addmm_(g, (table[full:used] * mask[full:used]).t())
+                _add_input_gradient(grad_x, g, table.t(), (table[full:used] * mask[full:used]).t(), full, used)
             if not ctx.needs_input_grad[4 + i]:
                 grad_tables.append(None)
                 continue
-            # row j of the transposed gradient sums g over the batch's rows whose x_j is 1
-            ones_in_block = int(first_one_of_column[used]) if used < x.shape[1] else len(rows_of_ones)
-            grad_table = F.embedding_bag(rows_of_ones[:ones_in_block], g.contiguous(), first_one_of_column[:used],
-                                         mode="sum")
+            grad_table = _summed_gradient(ones_by_column, g, used)
             if used > full:
                 grad_table[full:].mul_(mask[full:used])
             grad_tables.append(grad_table)
@@ -240,8 +253,7 @@ class _BinaryLinear(torch.autograd.Function):
         grad_x = grad_out @ table.t() if ctx.needs_input_grad[0] else None
         grad_weight = None
         if ctx.needs_input_grad[1]:
-            rows_of_ones = x.t().nonzero()[:, 1]  # the ones column by column
-            grad_table = F.embedding_bag(rows_of_ones, grad_out.contiguous(), _bags((x != 0).sum(dim=0)), mode="sum")
+            grad_table = _summed_gradient(_ones_by_column(x), grad_out, x.shape[1])
             grad_weight = torch.mul(grad_table.t(), mask, out=torch.empty_like(mask))
         grad_bias = grad_out.sum(dim=0) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return grad_x, grad_weight, None, grad_bias

@@ -1096,3 +1096,33 @@ def test_resume_refuses_an_optimizer_state_of_another_structure(tmp_path, optimi
     genzoo.training.save_checkpoint(payload, last)
     with pytest.raises(CheckpointError, match=r"last\.pt: the checkpoint's optimizer state is not a torch optimizer's"):
         Trainer.resume(run_dir, epochs=2, progress=False).fit()
+
+
+class _MinuteClock:
+    """A stand-in for the trainer's ``time`` module whose clock moves one minute at each reading."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 60.0
+        return self.now
+
+
+@pytest.mark.parametrize("minutes, expected", [(0.0, [1, 4, 5]), (2.5, [1, 2, 3, 4, 5]), (4.5, [1, 3, 4, 5])])
+def test_checkpoint_every_minutes_writes_last_once_the_minutes_have_passed(tmp_path, monkeypatch, minutes, expected):
+    """Each reading of the fake clock is one minute: an epoch reads it twice (its start and end)
+    and the checkpoint check once, and a write sets the time of the last write. With 2.5 minutes,
+    the check after each epoch finds at least 3 minutes since the last write; with 4.5 only every
+    other epoch does; with 0 only checkpoint_every (4), the best (epoch 1) and the end write."""
+    written = last_checkpoint_epochs(monkeypatch)
+    _scripted_validation(monkeypatch, [5.0] + [6.0] * 9)  # one best, at epoch 1
+    monkeypatch.setattr(genzoo.training, "time", _MinuteClock())
+    _fit(tiny_run_config("fvsbn", epochs=5, checkpoint_every=4, checkpoint_every_minutes=minutes), tmp_path / "run")
+    assert written == expected
+
+
+@pytest.mark.parametrize("value", [-1.0, math.inf, math.nan])
+def test_checkpoint_every_minutes_must_be_a_non_negative_finite_number(value):
+    with pytest.raises(ValueError, match="checkpoint_every_minutes must be a non-negative finite number"):
+        tiny_run_config("fvsbn", checkpoint_every_minutes=value)

@@ -186,6 +186,11 @@ class TrainConfig:
     #: models whose checkpoint costs much next to an epoch (a 77 M-parameter MADE with its Adam
     #: state is 0.9 GB); a resume redoes the epochs trained since the last one
     checkpoint_every: int = 1
+    #: also write checkpoints/last.pt once this many minutes have passed since the last write;
+    #: 0: never by time. For a run whose epochs take seconds on a GPU and minutes on a CPU, so
+    #: that ``checkpoint_every`` can stay high for the GPU while a CPU run stopped without
+    #: warning loses at most these minutes
+    checkpoint_every_minutes: float = 0.0
     eval_batch_size: int = 1000
     #: stop training after this much time (seconds of training epochs: validation and checkpoint
     #: writes are not counted); 0 means no limit
@@ -224,6 +229,9 @@ class TrainConfig:
         require(self.patience >= 0, f"train: patience must be non-negative, got {self.patience}")
         require(self.eval_every >= 1, f"train: eval_every must be at least 1, got {self.eval_every}")
         require(self.checkpoint_every >= 1, f"train: checkpoint_every must be at least 1, got {self.checkpoint_every}")
+        require(math.isfinite(self.checkpoint_every_minutes) and self.checkpoint_every_minutes >= 0,
+                f"train: checkpoint_every_minutes must be a non-negative finite number (0: never by time), "
+                f"got {self.checkpoint_every_minutes}")
         # max_seconds = inf is allowed: like 0, it never stops the run
         require(self.max_seconds >= 0, f"train: max_seconds must be non-negative, got {self.max_seconds}")
         # ... but fitting the epochs to it divides the time left, which must then be finite

@@ -5,8 +5,8 @@ A run folder holds::
 
     config.toml            the resolved run config
     metrics.jsonl          one JSON record per epoch
-    checkpoints/last.pt    written after every epoch, or every ``checkpoint_every`` epochs and
-                           when the run stops (resume starts here)
+    checkpoints/last.pt    written after every epoch, or every ``checkpoint_every`` epochs (or
+                           ``checkpoint_every_minutes``) and when the run stops (resume starts here)
     checkpoints/best.pt    the model of the epoch with the best validation NLL (no optimizer state)
     loss_curve.png
 """
@@ -373,6 +373,13 @@ def weight_l1_norm(model: nn.Module) -> torch.Tensor:
     return total
 
 
+def checkpoint_due(epoch: int, train_cfg: TrainConfig, seconds_since_write: float) -> bool:
+    """Whether last.pt is written after ``epoch`` on its schedule: every ``checkpoint_every``
+    epochs, or once ``checkpoint_every_minutes`` have passed since the last write."""
+    minutes = train_cfg.checkpoint_every_minutes
+    return epoch % train_cfg.checkpoint_every == 0 or (minutes > 0 and seconds_since_write >= 60 * minutes)
+
+
 def validation_due(epoch: int, train_cfg: TrainConfig) -> bool:
     """Whether the trainer validates after ``epoch``: every ``eval_every`` epochs and at the end."""
     return epoch % train_cfg.eval_every == 0 or epoch == train_cfg.epochs
@@ -544,6 +551,7 @@ class Trainer:
         fitted_from: int | None = None  # the epoch total planned before fit_epochs_to_max_seconds shortened it
         fits_to_time = train_cfg.fit_epochs_to_max_seconds and train_cfg.max_seconds > 0
         epoch = start_epoch
+        last_written = time.perf_counter()  # when last.pt was last written (or this session began)
         if train_cfg.patience and stale >= train_cfg.patience:
             stopped_because = f"no better validation NLL in {stale} epochs"
         elif train_cfg.max_seconds and seconds >= train_cfg.max_seconds and start_epoch < train_cfg.epochs:
@@ -630,7 +638,8 @@ class Trainer:
                 # never of an epoch a resume would redo: redone on another plan, it might not come back
                 if improved:
                     save_checkpoint(model_payload, self.run.best)  # evaluation needs no optimizer state
-                if improved or stop or epoch == train_cfg.epochs or epoch % train_cfg.checkpoint_every == 0:
+                if (improved or stop or epoch == train_cfg.epochs
+                        or checkpoint_due(epoch, train_cfg, time.perf_counter() - last_written)):
                     save_checkpoint({
                         **model_payload,
                         "optimizer": optimizer.state_dict(),
@@ -638,6 +647,7 @@ class Trainer:
                         "epochs_without_improvement": stale,
                         "rng": random_states(data_order, self.device),
                     }, self.run.last)
+                    last_written = time.perf_counter()
                 validated = f", valid NLL {record['valid_nll']:.3f} nats{' (best)' if improved else ''}" if "valid_nll" in record else ""
                 self._say(
                     f"epoch {epoch}/{train_cfg.epochs}: train loss {train_loss:.3f}{validated}, "
